@@ -1,0 +1,54 @@
+"""Config machinery shared by recipes and tools: dataclass schemas -> omegaconf structured
+configs, YAML files plus ``key=value`` overrides, printed and saved resolved.
+
+Each part of streamfit owns its config dataclass (``FitConfig`` in ``streamfit.fit.config``,
+...); a recipe composes them into one tree and calls :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema (names the key)."""
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build a ``schema`` instance from defaults, then a YAML file, then ``key=value`` overrides.
+
+    Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key.
+    The result is a plain dataclass instance (validated by its ``__post_init__``).
+    """
+    merged = OmegaConf.structured(schema)
+    try:
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            key, value = item.split("=", 1)
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except (ConfigKeyError, ValidationError) as err:
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"bad config value for {key!r}: {err.msg}" if key else str(err)) from None
+
+
+def to_yaml(config: Any) -> str:
+    """The resolved config as YAML (for printing at start and saving with a run)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(config))

@@ -1,0 +1,55 @@
+"""The interface every fitting backend implements (torch reference, Numba CPU, Numba CUDA)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class FitBackend(ABC):
+    """Renders splats and differentiates the reconstruction loss for the batched fitter.
+
+    All tensors live on ``self.device``. Shapes: ``params [B, N, 8]`` float32 (layout in
+    :mod:`streamfit.splats`), ``mask [B, N]`` bool, ``target [B, H, W, 3]`` float32 in 0..1.
+    Masked splats contribute nothing and receive zero gradient. The image model and its
+    cut-off are those of :func:`streamfit.render.render`.
+    """
+
+    name: str = "abstract"
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+
+    @abstractmethod
+    def render(self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``[B, H, W, 3]`` float32 image (unclamped)."""
+
+    @abstractmethod
+    def loss_and_grad(
+        self, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image MSE ``[B]`` (mean over ``H*W*3``) and ``d(sum_b mse_b)/d params [B, N, 8]``."""
+
+    def adam_step(
+        self,
+        params: torch.Tensor,
+        grad: torch.Tensor,
+        exp_avg: torch.Tensor,
+        exp_avg_sq: torch.Tensor,
+        lr: torch.Tensor,
+        step: int,
+        betas: tuple[float, float],
+        eps: float = 1e-8,
+    ) -> None:
+        """One in-place Adam update; ``lr`` is ``[8]`` (one rate per parameter column).
+
+        Backends may replace this with a fused kernel; the result must match this definition.
+        """
+        beta1, beta2 = betas
+        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        bias1 = 1.0 - beta1**step
+        bias2 = 1.0 - beta2**step
+        denom = (exp_avg_sq / bias2).sqrt_().add_(eps)
+        params.addcdiv_(exp_avg * (lr / bias1), denom, value=-1.0)

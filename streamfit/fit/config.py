@@ -1,0 +1,80 @@
+"""`FitConfig`: every setting of splat fitting, and the hash of those that change its result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+
+# Settings that only change how fast a fit runs, never what it produces: excluded from the hash
+# so the splat cache stays valid across backends and batch sizes.
+_NOT_IN_HASH = frozenset({"backend", "device"})
+
+
+@dataclass
+class FitConfig:
+    """How to fit splats to images.
+
+    Learning rates are per parameter group (positions in pixels, the log-Cholesky covariance,
+    colours); the schedule multiplies all of them. Pruning removes splats whose colour
+    luminance falls below ``prune_luminance`` at the pruning steps between ``prune_start`` and
+    ``prune_end`` (fractions of ``iters``).
+    """
+
+    gaussians: int = 400
+    iters: int = 200
+    init: str = "structured"  # structured | random
+    backend: str = "auto"  # auto | torch | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    lr_position: float = 0.5
+    lr_covariance: float = 0.05
+    lr_color: float = 0.02
+    lr_schedule: str = "cosine"  # cosine | constant
+    lr_final_fraction: float = 0.05
+    warmup_iters: int = 0
+    betas: tuple[float, float] = (0.9, 0.99)
+    l1: float = 0.0
+    prune_luminance: float = 0.0  # 0 disables pruning
+    prune_start: float = 0.3
+    prune_end: float = 0.7
+    prune_every: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.gaussians < 1:
+            raise ValueError(f"fit.gaussians must be >= 1, got {self.gaussians}")
+        if self.iters < 0:
+            raise ValueError(f"fit.iters must be >= 0, got {self.iters}")
+        if self.init not in ("structured", "random"):
+            raise ValueError(f"fit.init must be 'structured' or 'random', got {self.init!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"fit.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if not 0.0 <= self.prune_start <= self.prune_end <= 1.0:
+            raise ValueError("fit.prune_start <= fit.prune_end must lie in [0, 1]")
+        if self.prune_every < 1:
+            raise ValueError(f"fit.prune_every must be >= 1, got {self.prune_every}")
+
+    def settings_hash(self) -> str:
+        """Short hex digest of every setting that changes the fitted splats."""
+        settings = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_HASH}
+        blob = json.dumps(settings, sort_keys=True, default=list).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of every learning rate at iteration ``step`` (0-based)."""
+        if self.warmup_iters and step < self.warmup_iters:
+            return (step + 1) / self.warmup_iters
+        if self.lr_schedule == "constant" or self.iters <= 1:
+            return 1.0
+        progress = (step - self.warmup_iters) / max(1, self.iters - 1 - self.warmup_iters)
+        floor = self.lr_final_fraction
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def is_prune_step(self, step: int) -> bool:
+        """Whether luminance pruning runs after iteration ``step`` (0-based)."""
+        if self.prune_luminance <= 0.0:
+            return False
+        first = int(self.prune_start * self.iters)
+        last = int(self.prune_end * self.iters)
+        return first <= step <= last and (step - first) % self.prune_every == 0

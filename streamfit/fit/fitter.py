@@ -1,0 +1,148 @@
+"""The batched fitter: Adam on a whole batch of splat sets at once, L1 colour penalty,
+luminance-threshold pruning, per-image PSNR; the backend does the rendering maths."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from streamfit.fit.backends import FitBackend, get_backend
+from streamfit.fit.config import FitConfig
+from streamfit.fit.init import check_splat_count, random_init, structured_init
+from streamfit.render import psnr
+from streamfit.splats import COLOR, Splats
+
+# Rec. 601 luma weights: the luminance of a splat's colour decides whether pruning drops it.
+LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class FitResult:
+    """What a batched fit produced. Dropped images (non-finite values during fitting) keep
+    their slot in ``splats`` with an empty mask and ``psnr = nan``."""
+
+    splats: Splats
+    psnr: torch.Tensor  # [B] float32, dB
+    seconds: float
+    iters: int
+    dropped: list[int] = field(default_factory=list)
+    psnr_history: dict[int, torch.Tensor] = field(default_factory=dict)  # iteration -> [B]
+
+    @property
+    def ok(self) -> torch.Tensor:
+        """``[B]`` bool: images that fitted without numerical failure."""
+        ok = torch.ones(len(self.splats), dtype=torch.bool)
+        ok[self.dropped] = False
+        return ok
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Clear errors for batches the fitter cannot take."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+        raise ValueError(f"images must be a [B, H, W, 3] tensor, got {shape}")
+    if images.shape[0] == 0:
+        raise ValueError("empty batch: nothing to fit")
+    if not images.dtype.is_floating_point:
+        raise ValueError(f"images must be float in 0..1, got {images.dtype}")
+
+
+def luminance(colors: torch.Tensor) -> torch.Tensor:
+    """``[..., 3]`` colours -> ``[...]`` luminance of their magnitudes."""
+    weights = torch.tensor(LUMA, dtype=colors.dtype, device=colors.device)
+    return colors.abs() @ weights
+
+
+def initial_params(images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
+    """``[B, N, 8]`` starting parameters for ``images [B, H, W, 3]`` as ``cfg.init`` says."""
+    if cfg.init == "structured":
+        return structured_init(images, cfg.gaussians)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return random_init(images, cfg.gaussians, generator)
+
+
+def fit(
+    images: torch.Tensor,
+    cfg: FitConfig,
+    backend: FitBackend | None = None,
+    record_psnr_at: tuple[int, ...] = (),
+    progress: bool = False,
+) -> FitResult:
+    """Fit ``cfg.gaussians`` splats to each image of a batch.
+
+    ``images``: ``[B, H, W, 3]`` float in 0..1 (any device; moved to the backend's). Returns a
+    :class:`FitResult` whose splats live on the backend's device. ``record_psnr_at`` lists
+    iteration counts at which the PSNR of every image is recorded (for convergence curves).
+    Images whose loss or gradient turns non-finite are dropped (counted in ``dropped``); the
+    rest of the batch goes on.
+    """
+    check_images(images)
+    backend = backend or get_backend(cfg.backend, cfg.device)
+    start = time.perf_counter()
+    batch, height, width, _ = images.shape
+    check_splat_count(cfg.gaussians, height, width)
+    target = images.to(backend.device, torch.float32).contiguous()
+    finite = torch.isfinite(target).flatten(1).all(1)
+    target = torch.where(finite[:, None, None, None], target, torch.zeros_like(target))
+
+    params = initial_params(target, cfg).contiguous()
+    failed = ~finite
+    mask = finite[:, None].expand(batch, cfg.gaussians).contiguous()
+    exp_avg = torch.zeros_like(params)
+    exp_avg_sq = torch.zeros_like(params)
+    base_lr = torch.tensor(
+        [cfg.lr_position] * 2 + [cfg.lr_covariance] * 3 + [cfg.lr_color] * 3,
+        dtype=params.dtype,
+        device=params.device,
+    )
+    history: dict[int, torch.Tensor] = {}
+    steps = range(cfg.iters)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"fit[{backend.name}] x{batch}", leave=False)
+    for step in steps:
+        if step in record_psnr_at:
+            history[step] = _psnr(backend, params, mask, target)
+        _, grad = backend.loss_and_grad(params, mask, target)
+        if cfg.l1 > 0.0:
+            # L1 on colours, normalised per splat so its weight does not depend on N
+            grad[..., COLOR] += (cfg.l1 / cfg.gaussians) * params[..., COLOR].sign()
+        # a non-finite gradient drops its image: its splats are masked out from here on,
+        # without a host sync (the check stays on the device)
+        failed |= ~torch.isfinite(grad).flatten(1).all(1)
+        mask &= ~failed[:, None]
+        grad = torch.where(mask[..., None], grad, torch.zeros_like(grad))
+        backend.adam_step(
+            params, grad, exp_avg, exp_avg_sq, base_lr * cfg.lr_factor(step), step + 1, cfg.betas
+        )
+        params.masked_fill_(~mask[..., None], 0.0)
+        if cfg.is_prune_step(step):
+            mask &= luminance(params[..., COLOR]) >= cfg.prune_luminance
+            params.masked_fill_(~mask[..., None], 0.0)
+
+    failed |= ~torch.isfinite(params).flatten(1).all(1)
+    alive = ~failed
+    final = _psnr(backend, params, mask & alive[:, None], target)
+    final = torch.where(alive, final, torch.full_like(final, float("nan")))
+    if cfg.iters in record_psnr_at:
+        history[cfg.iters] = final
+    mask &= alive[:, None]
+    params = torch.where(mask[..., None], params, torch.zeros_like(params))
+    dropped = (~alive).nonzero().flatten().tolist()
+    return FitResult(
+        splats=Splats(params, mask, height, width),
+        psnr=final.cpu(),
+        seconds=time.perf_counter() - start,
+        iters=cfg.iters,
+        dropped=dropped,
+        psnr_history={k: v.cpu() for k, v in history.items()},
+    )
+
+
+def _psnr(backend: FitBackend, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    _, height, width, _ = target.shape
+    safe = torch.where(torch.isfinite(params), params, torch.zeros_like(params))
+    return psnr(backend.render(safe, mask, height, width), target)

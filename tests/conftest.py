@@ -1,0 +1,17 @@
+"""Shared fixtures: real photos when the shared sample is present, else skip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample() -> Path:
+    """Folder of real-photo DataComp shards; tests using it skip where it is absent."""
+    if not (SHARED_SAMPLE / "train-000000.tar").is_file():
+        pytest.skip(f"real-photo sample not found at {SHARED_SAMPLE}")
+    return SHARED_SAMPLE

@@ -1,0 +1,82 @@
+import math
+
+import pytest
+import torch
+
+from streamfit.fit.init import grid_layout, random_init, structured_init
+
+
+@pytest.mark.parametrize(
+    "n,h,w",
+    [(1, 224, 224), (2, 224, 224), (7, 30, 40), (400, 224, 224), (401, 224, 224), (3136, 224, 224),
+     (400, 100, 300), (50, 1, 50), (12, 3, 4)],
+)
+def test_grid_covers_exactly_n_cells(n, h, w):
+    per_row = grid_layout(n, h, w)
+    assert sum(per_row) == n
+    assert max(per_row) - min(per_row) <= 1
+
+
+def test_square_grid_for_square_counts():
+    assert grid_layout(400, 224, 224) == [20] * 20
+    assert grid_layout(3136, 224, 224) == [56] * 56
+    # wide image: more columns than rows
+    per_row = grid_layout(300, 100, 300)
+    assert len(per_row) == 10 and per_row[0] == 30
+
+
+def test_structured_init_invariants():
+    h, w, n = 40, 60, 24  # 4 rows x 6 columns of 10x10 cells
+    images = torch.rand(2, h, w, 3)
+    params = structured_init(images, n)
+    assert params.shape == (2, n, 8)
+    assert grid_layout(n, h, w) == [6] * 4
+    xs, ys = params[0, :, 0], params[0, :, 1]
+    assert sorted(set(xs.tolist())) == [5.0 + 10 * i for i in range(6)]
+    assert sorted(set(ys.tolist())) == [5.0 + 10 * i for i in range(4)]
+    # isotropic, sigma = radius of the largest circle in a 10x10 cell
+    torch.testing.assert_close(params[..., 2], torch.full((2, n), math.log(5.0)))
+    torch.testing.assert_close(params[..., 4], torch.full((2, n), math.log(5.0)))
+    assert not params[..., 3].any()
+    # colour = mean of the cell's pixels
+    cell = images[1, 10:20, 30:40].reshape(-1, 3).mean(0)
+    torch.testing.assert_close(params[1, 6 + 3, 5:], cell)
+
+
+def test_uneven_counts_and_rectangular_cells():
+    h, w, n = 37, 91, 13
+    images = torch.rand(1, h, w, 3)
+    params = structured_init(images, n)[0]
+    assert (params[:, 0] > 0).all() and (params[:, 0] < w).all()
+    assert (params[:, 1] > 0).all() and (params[:, 1] < h).all()
+    # rectangular cells: sigma is half the shorter side
+    per_row = grid_layout(n, h, w)
+    rows = len(per_row)
+    expected = min(h / rows, w / per_row[0]) / 2
+    assert params[0, 2].exp().item() == pytest.approx(expected, rel=1e-5)
+    assert len({(round(x, 3), round(y, 3)) for x, y in params[:, :2].tolist()}) == n
+
+
+def test_one_splat_per_pixel():
+    images = torch.rand(1, 3, 4, 3)
+    params = structured_init(images, 12)[0]
+    torch.testing.assert_close(params[:, 5:], images[0].reshape(-1, 3))
+
+
+def test_bad_counts_are_clear_errors():
+    images = torch.rand(1, 4, 4, 3)
+    with pytest.raises(ValueError, match="at least 1 splat"):
+        structured_init(images, 0)
+    with pytest.raises(ValueError, match="more splats than pixels"):
+        structured_init(images, 17)
+    with pytest.raises(ValueError, match="more splats than pixels"):
+        random_init(images, 17)
+
+
+def test_random_init_is_seeded_and_in_range():
+    images = torch.rand(2, 20, 30, 3)
+    a = random_init(images, 10, torch.Generator().manual_seed(1))
+    b = random_init(images, 10, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+    assert (a[..., 0] >= 0).all() and (a[..., 0] <= 30).all()
+    assert (a[..., 5:] >= 0).all() and (a[..., 5:] <= 1).all()
