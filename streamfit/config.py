@@ -21,7 +21,9 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema (names the key)."""
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+def load_config(
+    schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> T:
     """Build a ``schema`` instance from defaults, then a YAML file, then ``key=value`` overrides.
 
     Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key.

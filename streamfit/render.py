@@ -52,7 +52,9 @@ def footprint_radius(params: torch.Tensor) -> torch.Tensor:
     return torch.stack([scale * l11, scale * torch.sqrt(l21 * l21 + l22 * l22)], dim=-1)
 
 
-def pixel_centers(height: int, width: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_centers(
+    height: int, width: int, device=None, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``[H*W]`` x and y coordinates of pixel centres (``j + 0.5``, ``i + 0.5``), row-major."""
     ys, xs = torch.meshgrid(
         torch.arange(height, device=device, dtype=dtype) + 0.5,

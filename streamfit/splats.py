@@ -47,7 +47,9 @@ FORMAT_NAME = "streamfit.splats"
 FORMAT_VERSION = 1
 
 
-def compression_ratio(height: int, width: int, n_splats: int | torch.Tensor) -> float | torch.Tensor:
+def compression_ratio(
+    height: int, width: int, n_splats: int | torch.Tensor
+) -> float | torch.Tensor:
     """Raw 8-bit RGB bytes over float16 splat bytes: ``H*W*3 / (16*n)`` (inf for n = 0)."""
     rgb_bytes = height * width * 3
     if isinstance(n_splats, torch.Tensor):
@@ -71,7 +73,9 @@ class Splats:
 
     def __post_init__(self) -> None:
         if self.params.ndim != 3 or self.params.shape[-1] != PARAMS_PER_SPLAT:
-            raise ValueError(f"params must be [B, N, {PARAMS_PER_SPLAT}], got {tuple(self.params.shape)}")
+            raise ValueError(
+                f"params must be [B, N, {PARAMS_PER_SPLAT}], got {tuple(self.params.shape)}"
+            )
         if self.mask.shape != self.params.shape[:2] or self.mask.dtype != torch.bool:
             raise ValueError(
                 f"mask must be bool [B, N] = {tuple(self.params.shape[:2])}, "
@@ -166,7 +170,9 @@ class Splats:
         if meta.get("format") != FORMAT_NAME:
             raise ValueError(f"{path}: not a streamfit splats file (format={meta.get('format')!r})")
         if int(meta.get("version", -1)) > FORMAT_VERSION:
-            raise ValueError(f"{path}: format version {meta['version']} is newer than {FORMAT_VERSION}")
+            raise ValueError(
+                f"{path}: format version {meta['version']} is newer than {FORMAT_VERSION}"
+            )
         tensors = load_file(str(path))
         params = tensors["params"].to(torch.float32)
         counts = tensors["counts"].to(torch.int64)
@@ -185,6 +191,8 @@ def pack_params(params: torch.Tensor) -> bytes:
 def unpack_params(blob: bytes) -> torch.Tensor:
     """Inverse of :func:`pack_params`: ``[n, 8]`` float32 on the CPU."""
     if len(blob) % BYTES_PER_SPLAT:
-        raise ValueError(f"packed splats must be a multiple of {BYTES_PER_SPLAT} bytes, got {len(blob)}")
+        raise ValueError(
+            f"packed splats must be a multiple of {BYTES_PER_SPLAT} bytes, got {len(blob)}"
+        )
     array = np.frombuffer(blob, dtype="<f2").astype(np.float32).reshape(-1, PARAMS_PER_SPLAT)
     return torch.from_numpy(array)

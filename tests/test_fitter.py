@@ -143,6 +143,8 @@ def test_schedule():
     assert cfg.lr_factor(0) == pytest.approx(1.0)
     assert cfg.lr_factor(99) == pytest.approx(0.1)
     assert FitConfig(lr_schedule="constant").lr_factor(50) == 1.0
-    prune = FitConfig(iters=100, prune_luminance=0.1, prune_start=0.2, prune_end=0.5, prune_every=10)
+    prune = FitConfig(
+        iters=100, prune_luminance=0.1, prune_start=0.2, prune_end=0.5, prune_every=10
+    )
     assert [s for s in range(100) if prune.is_prune_step(s)] == [20, 30, 40, 50]
     assert not any(FitConfig().is_prune_step(s) for s in range(200))

@@ -8,8 +8,17 @@ from streamfit.fit.init import grid_layout, random_init, structured_init
 
 @pytest.mark.parametrize(
     "n,h,w",
-    [(1, 224, 224), (2, 224, 224), (7, 30, 40), (400, 224, 224), (401, 224, 224), (3136, 224, 224),
-     (400, 100, 300), (50, 1, 50), (12, 3, 4)],
+    [
+        (1, 224, 224),
+        (2, 224, 224),
+        (7, 30, 40),
+        (400, 224, 224),
+        (401, 224, 224),
+        (3136, 224, 224),
+        (400, 100, 300),
+        (50, 1, 50),
+        (12, 3, 4),
+    ],
 )
 def test_grid_covers_exactly_n_cells(n, h, w):
     per_row = grid_layout(n, h, w)

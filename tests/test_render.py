@@ -36,7 +36,10 @@ def direct_render(params, mask, h, w):
             inv = torch.linalg.inv(sigma[b, i])
             for y in range(h):
                 for x in range(w):
-                    d = torch.tensor([x + 0.5, y + 0.5], dtype=torch.float64) - params[b, i, :2].double()
+                    d = (
+                        torch.tensor([x + 0.5, y + 0.5], dtype=torch.float64)
+                        - params[b, i, :2].double()
+                    )
                     q = d @ inv @ d
                     if q <= Q_CUTOFF:
                         out[b, y, x] += params[b, i, 5:].double() * torch.exp(-0.5 * q)

@@ -49,7 +49,9 @@ class FitConfig:
         if self.init not in ("structured", "random"):
             raise ValueError(f"fit.init must be 'structured' or 'random', got {self.init!r}")
         if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"fit.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+            raise ValueError(
+                f"fit.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
+            )
         if not 0.0 <= self.prune_start <= self.prune_end <= 1.0:
             raise ValueError("fit.prune_start <= fit.prune_end must lie in [0, 1]")
         if self.prune_every < 1:

@@ -142,7 +142,9 @@ def fit(
     )
 
 
-def _psnr(backend: FitBackend, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _psnr(
+    backend: FitBackend, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     _, height, width, _ = target.shape
     safe = torch.where(torch.isfinite(params), params, torch.zeros_like(params))
     return psnr(backend.render(safe, mask, height, width), target)

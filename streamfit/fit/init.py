@@ -75,7 +75,9 @@ def structured_init(images: torch.Tensor, n: int) -> torch.Tensor:
     boxes = _cell_boxes(n, height, width)
     centres = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], -1)
     radius = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
-    params = torch.zeros(images.shape[0], n, PARAMS_PER_SPLAT, dtype=images.dtype, device=images.device)
+    params = torch.zeros(
+        images.shape[0], n, PARAMS_PER_SPLAT, dtype=images.dtype, device=images.device
+    )
     params[..., 0:2] = centres.to(params)
     params[..., 2] = radius.log().to(params)
     params[..., 4] = radius.log().to(params)
@@ -83,7 +85,9 @@ def structured_init(images: torch.Tensor, n: int) -> torch.Tensor:
     return params
 
 
-def random_init(images: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_init(
+    images: torch.Tensor, n: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Random baseline: uniform centres and colours, isotropic sizes jittered around the grid's.
 
     ``images``: ``[B, H, W, 3]`` (only its shape, dtype and device are used) -> ``[B, n, 8]``.

@@ -32,7 +32,9 @@ def get_backend(name: str = "auto", device: str = "auto") -> FitBackend:
         raise ValueError(f"unknown fitting backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "cuda" and dev.type != "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("the cuda backend needs a CUDA GPU; none is visible (use --backend cpu)")
+            raise RuntimeError(
+                "the cuda backend needs a CUDA GPU; none is visible (use --backend cpu)"
+            )
         dev = torch.device("cuda")
     if name == "cpu":
         dev = torch.device("cpu")

@@ -22,7 +22,9 @@ class FitBackend(ABC):
         self.device = torch.device(device)
 
     @abstractmethod
-    def render(self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def render(
+        self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
         """``[B, H, W, 3]`` float32 image (unclamped)."""
 
     @abstractmethod

@@ -21,7 +21,9 @@ class TorchBackend(FitBackend):
         return [slice(i, i + step) for i in range(0, params.shape[0], step)]
 
     @torch.no_grad()
-    def render(self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def render(
+        self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
         chunks = self._chunks(params, height, width)
         return torch.cat([render(params[c], mask[c], height, width) for c in chunks])
 
