@@ -1,0 +1,49 @@
+"""Building the RGB CLIP whose towers GS-CLIP reuses: open_clip weights or streamfit's own."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import open_clip
+from torch import nn
+
+
+def load_teacher(
+    model_name: str, pretrained: str | os.PathLike[str] | None = None, **model_kwargs: Any
+) -> nn.Module:
+    """Create an open_clip model, random or with weights.
+
+    Args:
+        model_name: open_clip model name, e.g. ``"ViT-M-16"`` (or an ``hf-hub:``/``local-dir:``
+            source, whose own weights are then used and ``pretrained`` is ignored).
+        pretrained: None for random weights; an open_clip pretrained tag (downloaded, so it
+            needs the network or a warm open_clip cache); or the path of a local file, read
+            offline. Accepted files: a ``.safetensors`` file, or a ``torch.save`` file read
+            with ``weights_only=True``, holding either the model's ``state_dict()`` (what
+            streamfit's RGB pre-training writes) or an open_clip training checkpoint
+            ``{"state_dict": ...}``; a ``module.`` prefix (DDP) is stripped. Loading is strict.
+        model_kwargs: overrides of the open_clip model config (top-level keys such as
+            ``embed_dim`` or ``vision_cfg`` replace the named config's entries).
+
+    Returns:
+        The open_clip model (``CLIP`` or ``CustomTextCLIP``) on the CPU in float32, with a
+        1-element ``logit_scale`` (``nonscalar_logit_scale=True``: DeepSpeed with 2+ ranks
+        cannot handle 0-dim parameters; checkpoints with a 0-dim scale still load).
+    """
+    source = None if pretrained is None else os.fspath(pretrained)
+    if source is not None and not os.path.isfile(source) and _looks_like_path(source):
+        raise FileNotFoundError(f"teacher checkpoint {source!r} does not exist")
+    return open_clip.create_model(
+        model_name,
+        pretrained=source,
+        nonscalar_logit_scale=True,
+        require_pretrained=source is not None,
+        **model_kwargs,
+    )
+
+
+def _looks_like_path(source: str) -> bool:
+    """Pretrained tags are bare words (``laion2b_s34b_b88k``); anything with a separator or a
+    checkpoint suffix was meant as a file, and deserves a file error, not a download attempt."""
+    return os.sep in source or source.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
