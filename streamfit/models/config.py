@@ -55,3 +55,23 @@ class GSModelConfig:
     from_scratch: bool = False
     """Random backbone and text tower, nothing frozen, every group at the base lr: the
     paper's from-scratch comparison. Requires ``pretrained = None``."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "fourier_freqs": self.fourier_freqs,
+            "stem_dim": self.stem_dim,
+            "num_tokens": self.num_tokens,
+            "resampler_layers": self.resampler_layers,
+            "resampler_heads": self.resampler_heads,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.latent_dim is not None and self.latent_dim % self.resampler_heads:
+            raise ValueError(
+                f"latent_dim {self.latent_dim} is not divisible by {self.resampler_heads} heads"
+            )
+        if self.unfrozen_blocks < 0 or self.backbone_lr_scale < 0:
+            raise ValueError("unfrozen_blocks and backbone_lr_scale must be >= 0")
+        if self.from_scratch and self.pretrained is not None:
+            raise ValueError("from_scratch builds a random backbone; set pretrained to None")

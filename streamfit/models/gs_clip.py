@@ -285,7 +285,8 @@ class GSCLIP(nn.Module):
                     "weight_decay": weight_decay if decay else 0.0,
                 }
             groups[key]["params"].append(p)
-        return list(groups.values())
+        order = [k for g in scales for k in (g, f"{g}_no_decay")]
+        return sorted(groups.values(), key=lambda g: order.index(g["name"]))
 
     def parameter_counts(self) -> dict[str, dict[str, int]]:
         """``{part: {"total": n, "trainable": n}}`` for each part of ``PART_GROUP`` (input to

@@ -1,0 +1,153 @@
+"""Parameter counts of the RGB CLIP image encoder and of the GS-CLIP built from it.
+
+Examples::
+
+    python tools/model_summary.py                          # ViT-M-16, default GS-CLIP
+    python tools/model_summary.py --model ViT-B-16 num_tokens=98 --json summary.json
+    python tools/model_summary.py --config recipes/configs/gsclip.yaml from_scratch=true
+
+``--config`` takes a YAML file of :class:`~streamfit.models.GSModelConfig` fields, or a recipe
+file whose ``model:`` section holds them; ``key=value`` overrides apply on top. Weights are
+never loaded (``pretrained`` is ignored): the counts do not depend on them, and the tool runs
+offline in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from streamfit.models import GSModelConfig, build_gs_clip, load_teacher
+
+
+def resolve_config(path: str | None, overrides: Sequence[str], model: str | None) -> GSModelConfig:
+    """Defaults <- YAML file (or its ``model:`` section) <- ``--model`` <- ``key=value``."""
+    merged = OmegaConf.structured(GSModelConfig)
+    if path is not None:
+        data = OmegaConf.load(path)
+        merged = OmegaConf.merge(merged, data.model if "model" in data else data)
+    if model is not None:
+        merged.model_name = model
+    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def count_by_child(module: nn.Module) -> dict[str, int]:
+    """Parameters of ``module`` per top-level attribute (``conv1``, ``transformer`` ...)."""
+    counts: dict[str, int] = {}
+    for name, p in module.named_parameters():
+        top = name.split(".", 1)[0]
+        counts[top] = counts.get(top, 0) + p.numel()
+    return counts
+
+
+def summarize(cfg: GSModelConfig) -> dict[str, Any]:
+    """Build the (random) teacher and GS-CLIP of ``cfg`` and count their parameters."""
+    cfg = dataclasses.replace(cfg, pretrained=None)
+    teacher = load_teacher(cfg.model_name, None, **cfg.model_kwargs)
+    rgb_vision = count_by_child(teacher.visual)
+    vision_params_rgb = sum(rgb_vision.values())
+    rgb_total = sum(p.numel() for p in teacher.parameters())
+
+    gs = build_gs_clip(cfg, teacher=teacher)
+    parts = gs.parameter_counts()
+    total, trainable = parts["all"]["total"], parts["all"]["trainable"]
+    vision_parts = [p for p in parts if p not in ("text", "logit_scale", "all")]
+    gs_vision_total = sum(parts[p]["total"] for p in vision_parts)
+    gs_vision_trainable = sum(parts[p]["trainable"] for p in vision_parts)
+    return {
+        "config": dataclasses.asdict(cfg),
+        "vision_params_rgb": vision_params_rgb,
+        "rgb_total_params": rgb_total,
+        "rgb_vision_parts": rgb_vision,
+        "gs_total_params": total,
+        "gs_trainable_params": trainable,
+        "trainable_fraction": trainable / total,
+        "gs_vision_params": gs_vision_total,
+        "gs_vision_trainable_params": gs_vision_trainable,
+        "gs_parts": {k: v for k, v in parts.items() if k != "all"},
+        "embed_dim": gs.visual.output_dim,
+        "num_tokens": cfg.num_tokens,
+        "param_groups": [
+            {
+                "name": g["name"],
+                "lr_scale": g["lr_scale"],
+                "params": sum(p.numel() for p in g["params"]),
+            }
+            for g in gs.param_groups(base_lr=1.0, weight_decay=0.0)
+        ],
+    }
+
+
+def _m(n: int) -> str:
+    return f"{n / 1e6:9.3f}M"
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    cfg = summary["config"]
+    lines = [
+        f"model {cfg['model_name']}  ({'from scratch' if cfg['from_scratch'] else 'adapted'})",
+        "",
+        "RGB image encoder",
+        f"  {'part':<24}{'params':>10}",
+    ]
+    for part, n in summary["rgb_vision_parts"].items():
+        lines.append(f"  {part:<24}{_m(n)}")
+    lines += [
+        f"  {'total':<24}{_m(summary['vision_params_rgb'])}",
+        "",
+        "GS-CLIP",
+        f"  {'part':<24}{'params':>10}{'trainable':>11}",
+    ]
+    for part, row in summary["gs_parts"].items():
+        lines.append(f"  {part:<24}{_m(row['total'])} {_m(row['trainable'])}")
+    lines += [
+        f"  {'total':<24}{_m(summary['gs_total_params'])} {_m(summary['gs_trainable_params'])}",
+        f"  {'vision encoder':<24}{_m(summary['gs_vision_params'])} "
+        f"{_m(summary['gs_vision_trainable_params'])}",
+        "",
+        "optimiser groups (lr = base lr x scale)",
+    ]
+    for g in summary["param_groups"]:
+        lines.append(f"  {g['name']:<24}{_m(g['params'])}  x{g['lr_scale']:g}")
+    vision_fraction = summary["gs_vision_trainable_params"] / summary["gs_vision_params"]
+    lines += [
+        "",
+        f"trainable fraction of GS-CLIP: {100 * summary['trainable_fraction']:.2f}%"
+        f" (of its image encoder: {100 * vision_fraction:.2f}%)",
+        f"embedding width: {summary['embed_dim']}, resampler tokens: {summary['num_tokens']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML of GSModelConfig fields (or with a model: section)")
+    parser.add_argument("--model", help="open_clip model name (overrides the config's)")
+    parser.add_argument("--json", type=Path, help="write the summary as JSON here")
+    parser.add_argument("overrides", nargs="*", help="GSModelConfig key=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = resolve_config(args.config, args.overrides, args.model)
+    except (OmegaConfBaseException, ValueError, FileNotFoundError) as err:
+        parser.error(f"bad config: {err}")
+    summary = summarize(cfg)
+    print(format_table(summary))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
