@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from streamfit.fit.init import grid_layout, random_init, structured_init
+from streamfit.render import render
 
 
 @pytest.mark.parametrize(
@@ -37,7 +38,7 @@ def test_square_grid_for_square_counts():
 def test_structured_init_invariants():
     h, w, n = 40, 60, 24  # 4 rows x 6 columns of 10x10 cells
     images = torch.rand(2, h, w, 3)
-    params = structured_init(images, n)
+    params = structured_init(images, n, normalize_color=False)
     assert params.shape == (2, n, 8)
     assert grid_layout(n, h, w) == [6] * 4
     xs, ys = params[0, :, 0], params[0, :, 1]
@@ -68,7 +69,7 @@ def test_uneven_counts_and_rectangular_cells():
 
 def test_one_splat_per_pixel():
     images = torch.rand(1, 3, 4, 3)
-    params = structured_init(images, 12)[0]
+    params = structured_init(images, 12, normalize_color=False)[0]
     torch.testing.assert_close(params[:, 5:], images[0].reshape(-1, 3))
 
 
@@ -89,3 +90,14 @@ def test_random_init_is_seeded_and_in_range():
     torch.testing.assert_close(a, b)
     assert (a[..., 0] >= 0).all() and (a[..., 0] <= 30).all()
     assert (a[..., 5:] >= 0).all() and (a[..., 5:] <= 1).all()
+
+
+def test_normalized_colours_render_a_flat_image_flat():
+    h, w, n = 48, 48, 36
+    images = torch.full((1, h, w, 3), 0.5)
+    normalized = render(structured_init(images, n), None, h, w)[0]
+    plain = render(structured_init(images, n, normalize_color=False), None, h, w)[0]
+    inner = (slice(8, 40), slice(8, 40))  # away from the border, where fewer splats overlap
+    torch.testing.assert_close(normalized[inner], images[0][inner], rtol=0, atol=0.06)
+    # the paper's cell-mean colours: the overlapping grid renders ~1.6x too bright
+    assert plain[inner].mean() > 0.75

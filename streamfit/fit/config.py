@@ -25,6 +25,7 @@ class FitConfig:
     gaussians: int = 400
     iters: int = 200
     init: str = "structured"  # structured | random
+    init_normalize_color: bool = True  # structured init: undo the grid's overlap brightening
     backend: str = "auto"  # auto | torch | cpu | cuda
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     lr_position: float = 0.5

@@ -58,7 +58,7 @@ def luminance(colors: torch.Tensor) -> torch.Tensor:
 def initial_params(images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
     """``[B, N, 8]`` starting parameters for ``images [B, H, W, 3]`` as ``cfg.init`` says."""
     if cfg.init == "structured":
-        return structured_init(images, cfg.gaussians)
+        return structured_init(images, cfg.gaussians, cfg.init_normalize_color)
     generator = torch.Generator().manual_seed(cfg.seed)
     return random_init(images, cfg.gaussians, generator)
 

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from streamfit.render import Q_CUTOFF, cholesky_factors
 from streamfit.splats import PARAMS_PER_SPLAT
 
 
@@ -64,12 +65,17 @@ def _cell_means(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return (total / area).to(images.dtype)
 
 
-def structured_init(images: torch.Tensor, n: int) -> torch.Tensor:
+def structured_init(images: torch.Tensor, n: int, normalize_color: bool = True) -> torch.Tensor:
     """The paper's structured initialisation of ``n`` splats per image.
 
     Centres on a uniform grid (see :func:`grid_layout`), isotropic covariance whose standard
     deviation is the radius of the largest circle inside the cell, colour = the cell's mean
     colour. ``images``: ``[B, H, W, 3]`` float in 0..1 -> ``[B, n, 8]`` on the same device.
+
+    Neighbouring grid splats overlap (their weights sum to ~1.6 inside the image), so the
+    paper's cell-mean colours render too bright. ``normalize_color`` divides each colour by the
+    summed weight of all splats at its centre, which makes the initial render match the cell
+    means and starts fitting ~7 dB higher; ``False`` gives the paper's exact recipe.
     """
     _, height, width, _ = images.shape
     boxes = _cell_boxes(n, height, width)
@@ -82,7 +88,21 @@ def structured_init(images: torch.Tensor, n: int) -> torch.Tensor:
     params[..., 2] = radius.log().to(params)
     params[..., 4] = radius.log().to(params)
     params[..., 5:8] = _cell_means(images, boxes)
+    if normalize_color:
+        params[..., 5:8] /= _grid_coverage(params[0]).to(params)[None, :, None]
     return params
+
+
+def _grid_coverage(params: torch.Tensor) -> torch.Tensor:
+    """``[n]`` summed weight of all splats ``[n, 8]`` at each splat's centre (same for every
+    image of a batch: the grid does not depend on the pixels)."""
+    p = params.to(torch.float64)
+    l11, _, l22 = cholesky_factors(p)  # isotropic grid splats: l21 = 0
+    dx = p[:, None, 0] - p[None, :, 0]
+    dy = p[:, None, 1] - p[None, :, 1]
+    q = (dx / l11[None, :]) ** 2 + (dy / l22[None, :]) ** 2
+    weight = torch.where(q <= Q_CUTOFF, torch.exp(-0.5 * q), torch.zeros_like(q))
+    return weight.sum(dim=1)
 
 
 def random_init(

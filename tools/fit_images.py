@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""Fit 2D Gaussian splats to images: a folder, image files, or webdataset ``.tar`` shards.
+
+Writes one ``<key>.splats`` file (see :mod:`streamfit.splats`) and one preview PNG
+(original | reconstruction | splat ellipses) per image, a JSON summary, and prints a table.
+
+    python tools/fit_images.py photo.jpg --gaussians 400 --iters 200 --out runs/fit
+    python tools/fit_images.py shards/train-000000.tar --limit 32 --json runs/fit/summary.json
+    python tools/fit_images.py imgs/ --backend torch lr_color=0.03   # key=value: FitConfig fields
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from streamfit.config import ConfigError, load_config, to_yaml
+from streamfit.data.local_images import ImageSource, iter_decoded
+from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
+from streamfit.render import cholesky_factors
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitConfig]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", help="images, folders or .tar shards; then key=value")
+    parser.add_argument("--config", help="YAML file of FitConfig fields")
+    parser.add_argument("--gaussians", type=int, help="splats per image (default 400)")
+    parser.add_argument("--iters", type=int, help="fitting iterations (default 200)")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), help="default: auto")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--init", choices=("structured", "random"))
+    parser.add_argument("--prune-luminance", type=float, help="0 disables pruning")
+    parser.add_argument("--l1", type=float, help="L1 weight on splat colours")
+    parser.add_argument("--size", type=int, default=224, help="resize + centre-crop side; 0 = keep")
+    parser.add_argument("--batch", type=int, default=8, help="images fitted together")
+    parser.add_argument("--limit", type=int, help="fit at most this many images")
+    parser.add_argument("--out", type=Path, help="folder for .splats files and previews")
+    parser.add_argument("--no-previews", action="store_true", help="skip the preview PNGs")
+    parser.add_argument("--json", type=Path, help="write the summary here")
+    parser.add_argument(
+        "--record-at", default="", help="also report mean PSNR at these iterations, e.g. 50,100"
+    )
+    args = parser.parse_args(argv)
+    overrides = [s for s in args.inputs if "=" in s and not Path(s).exists()]
+    args.inputs = [Path(s) for s in args.inputs if s not in overrides]
+    flags = {
+        "gaussians": args.gaussians,
+        "iters": args.iters,
+        "backend": args.backend,
+        "device": args.device,
+        "init": args.init,
+        "prune_luminance": args.prune_luminance,
+        "l1": args.l1,
+    }
+    overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.batch < 1:
+        parser.error("--batch must be >= 1")
+    try:
+        cfg = load_config(FitConfig, args.config, overrides)
+    except (ConfigError, ValueError) as err:
+        parser.error(str(err))
+    return args, cfg
+
+
+def preview(original: torch.Tensor, recon: torch.Tensor, params: torch.Tensor) -> Image.Image:
+    """``original | reconstruction | splat ellipses`` side by side; tensors ``[H, W, 3]``,
+    ``params [n, 8]`` of the valid splats. Ellipses are the 1-sigma contours in splat colour."""
+    h, w, _ = original.shape
+    to_u8 = lambda t: (t.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # noqa: E731
+    canvas = Image.new("RGB", (3 * w, h))
+    canvas.paste(Image.fromarray(to_u8(original)), (0, 0))
+    canvas.paste(Image.fromarray(to_u8(recon)), (w, 0))
+    panel = Image.fromarray((to_u8(original) * 0.25).astype(np.uint8))
+    draw = ImageDraw.Draw(panel)
+    l11, l21, l22 = (t.cpu() for t in cholesky_factors(params.float()))
+    angles = torch.linspace(0, 2 * math.pi, 17)
+    for i in range(params.shape[0]):
+        x, y = params[i, 0].item(), params[i, 1].item()
+        ex, ey = torch.cos(angles), torch.sin(angles)
+        xs = x + l11[i] * ex
+        ys = y + l21[i] * ex + l22[i] * ey
+        color = tuple(int(c) for c in (params[i, 5:8].clamp(0, 1) * 255).tolist())
+        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=color, width=1)
+        draw.point((x, y), fill=(255, 255, 255))
+    canvas.paste(panel, (2 * w, 0))
+    return canvas
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    args, cfg = parse_args(argv)
+    print(to_yaml(cfg), end="", file=sys.stderr)
+    record_at = tuple(sorted({int(s) for s in args.record_at.split(",") if s.strip()}))
+    backend = get_backend(cfg.backend, cfg.device)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+
+    source = ImageSource(args.inputs)
+    skipped: Counter = source.skipped
+    decoded = iter_decoded(source, args.size or None, skipped)
+    if args.limit is not None:
+        decoded = itertools.islice(decoded, args.limit)
+
+    rows: list[dict] = []
+    curves: dict[int, list[float]] = {k: [] for k in record_at}
+    bar = tqdm(total=args.limit, unit="img", desc=f"fitting [{backend.name}]")
+    while batch := list(itertools.islice(decoded, args.batch)):
+        keys = [k for k, _ in batch]
+        shapes = {tuple(img.shape) for _, img in batch}
+        if len(shapes) > 1:
+            # without --size images differ; fit them one at a time rather than pad
+            groups = [[item] for item in batch]
+        else:
+            groups = [batch]
+        for group in groups:
+            rows += fit_group(group, cfg, backend, record_at, curves, args)
+        bar.update(len(keys))
+    bar.close()
+
+    fitted = [r for r in rows if r["psnr"] is not None]
+    summary = {
+        "images": rows,
+        "mean_psnr": _mean([r["psnr"] for r in fitted]),
+        "mean_splats": _mean([r["splats"] for r in fitted]),
+        "mean_compression_ratio": _mean([r["compression_ratio"] for r in fitted]),
+        "mean_seconds": _mean([r["seconds"] for r in fitted]),
+        "psnr_at": {str(k): _mean(v) for k, v in curves.items()},
+        "backend": backend.name,
+        "iters": cfg.iters,
+        "gaussians": cfg.gaussians,
+        "init": cfg.init,
+        "prune_luminance": cfg.prune_luminance,
+        "l1": cfg.l1,
+        "fitted": len(fitted),
+        "dropped": len(rows) - len(fitted),
+        "skipped": dict(skipped),
+    }
+    print_table(summary)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+        print(f"summary: {args.json}")
+    return 0 if fitted else 1
+
+
+def fit_group(group, cfg, backend, record_at, curves, args) -> list[dict]:
+    """Fit one batch of equally sized images; write splats and previews; one row per image."""
+    keys = [k for k, _ in group]
+    images = torch.stack([img for _, img in group])
+    start = time.perf_counter()
+    result = fit(images, cfg, backend, record_psnr_at=record_at)
+    per_image = (time.perf_counter() - start) / len(keys)
+    for it in record_at:
+        if it in result.psnr_history:
+            curves[it] += result.psnr_history[it][result.ok].tolist()
+    splats = result.splats
+    recon = (
+        backend.render(splats.params, splats.mask, splats.height, splats.width)
+        if (args.out and not args.no_previews)
+        else None
+    )
+    rows = []
+    for b, key in enumerate(keys):
+        ok = bool(result.ok[b])
+        if not ok:
+            logging.warning("dropped %s: non-finite values while fitting", key)
+        rows.append(
+            {
+                "key": key,
+                "psnr": float(result.psnr[b]) if ok else None,
+                "splats": int(splats.counts()[b]),
+                "compression_ratio": float(splats.compression_ratios()[b]) if ok else None,
+                "seconds": per_image,
+            }
+        )
+        if args.out and ok:
+            stem = args.out / key.replace("/", "__")
+            splats.select([b]).save(stem.with_suffix(".splats"), keys=[key])
+            if recon is not None:
+                params = splats.params[b][splats.mask[b]]
+                preview(images[b], recon[b], params).save(stem.with_suffix(".png"))
+    return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def print_table(summary: dict) -> None:
+    print(f"\n{'key':<40} {'PSNR dB':>8} {'splats':>7} {'ratio':>7} {'s/img':>7}")
+    for row in summary["images"]:
+        psnr = f"{row['psnr']:.2f}" if row["psnr"] is not None else "dropped"
+        ratio = f"{row['compression_ratio']:.2f}" if row["compression_ratio"] else "-"
+        print(
+            f"{row['key'][-40:]:<40} {psnr:>8} {row['splats']:>7} {ratio:>7} {row['seconds']:>7.3f}"
+        )
+    if summary["fitted"]:
+        print(
+            f"{'mean':<40} {summary['mean_psnr']:>8.2f} {summary['mean_splats']:>7.1f} "
+            f"{summary['mean_compression_ratio']:>7.2f} {summary['mean_seconds']:>7.3f}"
+        )
+    for it, value in summary["psnr_at"].items():
+        print(f"mean PSNR at iteration {it}: {value:.2f} dB")
+    print(
+        f"backend={summary['backend']} iters={summary['iters']} fitted={summary['fitted']} "
+        f"dropped={summary['dropped']} skipped={summary['skipped'] or 0}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
