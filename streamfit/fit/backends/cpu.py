@@ -1,0 +1,190 @@
+"""The ``cpu`` backend: the tile rasteriser of :mod:`cuda_kernels.cpu` (Numba ``njit``,
+parallel over (image, tile) pairs) behind the :class:`FitBackend` interface.
+
+Tensors are handed to the kernels as zero-copy NumPy views, so everything stays float32 on
+the CPU. Kernels are compiled on first use and cached on disk (``cache=True``), so the compile
+cost (see :func:`warm_up`) is paid once per machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from cuda_kernels import cpu as kernels
+from streamfit.fit.backends.base import FitBackend
+from streamfit.render import Q_CUTOFF
+
+DEFAULT_TILE = 16
+
+
+def _view(tensor: torch.Tensor, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """A NumPy view of a CPU tensor (a contiguous copy only when it is not one already)."""
+    if tensor.device.type != "cpu":
+        raise ValueError(f"the cpu backend takes CPU tensors, got one on {tensor.device}")
+    return tensor.detach().to(dtype).contiguous().numpy()
+
+
+class CpuBackend(FitBackend):
+    """Numba CPU backend. ``tile``: tile edge in pixels (the splat lists are per tile)."""
+
+    name = "cpu"
+
+    def __init__(self, device: torch.device | str = "cpu", tile: int = DEFAULT_TILE) -> None:
+        super().__init__(device)
+        if self.device.type != "cpu":
+            raise ValueError(f"the cpu backend runs on the CPU, not {self.device}")
+        if tile < 1:
+            raise ValueError(f"tile must be >= 1, got {tile}")
+        self.tile = tile
+        self.qcut = np.float32(Q_CUTOFF)
+
+    def _raster(
+        self,
+        params: torch.Tensor,
+        mask: torch.Tensor,
+        target: torch.Tensor | None,
+        height: int,
+        width: int,
+    ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
+        p = _view(params)
+        m = _view(mask, torch.bool)
+        n_img, n_spl = m.shape
+        if p.shape != (n_img, n_spl, 8):
+            raise ValueError(f"params {p.shape} and mask {m.shape} disagree")
+        tiles_x = math.ceil(width / self.tile)
+        tiles_y = math.ceil(height / self.tile)
+        proj = np.empty((n_img, n_spl, kernels.PROJ_FIELDS), np.float32)
+        box = np.empty((n_img, n_spl, 4), np.int32)
+        bad = np.zeros(n_img, np.uint8)
+        kernels.project(p, m, height, width, self.qcut, proj, box, bad)
+        offsets, order = kernels.bin_tiles(box, self.tile, tiles_x, tiles_y)
+        image = np.empty((n_img, height, width, 3), np.float32)
+        count = height * width * 3
+        if target is None:
+            empty = np.empty((0, 0, 0, 3), np.float32)
+            kernels.raster_tiles(
+                proj,
+                box,
+                offsets,
+                order,
+                empty,
+                self.tile,
+                tiles_x,
+                tiles_y,
+                self.qcut,
+                np.float32(0.0),
+                image,
+                np.empty(0, np.float32),
+                np.empty((0, 8), np.float32),
+            )
+            image[bad.astype(bool)] = np.nan
+            return image, None, None
+        tile_sse = np.empty(n_img * tiles_x * tiles_y, np.float32)
+        partial = np.empty((order.shape[0], 8), np.float32)
+        kernels.raster_tiles(
+            proj,
+            box,
+            offsets,
+            order,
+            _view(target),
+            self.tile,
+            tiles_x,
+            tiles_y,
+            self.qcut,
+            np.float32(2.0 / count),
+            image,
+            tile_sse,
+            partial,
+        )
+        loss = torch.empty(n_img, dtype=torch.float32)
+        grad = torch.zeros(n_img, n_spl, 8, dtype=torch.float32)
+        kernels.reduce_tiles(
+            offsets,
+            order,
+            partial,
+            tile_sse,
+            tiles_x * tiles_y,
+            np.float32(1.0 / count),
+            bad,
+            loss.numpy(),
+            grad.numpy(),
+        )
+        return image, loss, grad
+
+    @torch.no_grad()
+    def render(
+        self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        """``[B, H, W, 3]`` float32 CPU image; NaN for images with a non-finite valid splat."""
+        image, _, _ = self._raster(params, mask, None, height, width)
+        return torch.from_numpy(image)
+
+    @torch.no_grad()
+    def loss_and_grad(
+        self, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MSE ``[B]`` and ``d(sum_b mse_b)/d params [B, N, 8]``; both NaN for an image with a
+        non-finite valid splat (the fitter then drops it)."""
+        if target.ndim != 4 or target.shape[0] != params.shape[0] or target.shape[-1] != 3:
+            raise ValueError(
+                f"target must be [{params.shape[0]}, H, W, 3], got {tuple(target.shape)}"
+            )
+        _, height, width, _ = target.shape
+        _, loss, grad = self._raster(params, mask, target, height, width)
+        return loss, grad
+
+    @torch.no_grad()
+    def adam_step(
+        self,
+        params: torch.Tensor,
+        grad: torch.Tensor,
+        exp_avg: torch.Tensor,
+        exp_avg_sq: torch.Tensor,
+        lr: torch.Tensor,
+        step: int,
+        betas: tuple[float, float],
+        eps: float = 1e-8,
+    ) -> None:
+        """Fused in-place Adam (one pass over the parameters instead of torch's seven)."""
+        tensors = (params, grad, exp_avg, exp_avg_sq)
+        if not all(t.is_contiguous() and t.dtype == torch.float32 for t in tensors):
+            super().adam_step(params, grad, exp_avg, exp_avg_sq, lr, step, betas, eps)
+            return
+        beta1, beta2 = betas
+        kernels.adam_step(
+            params.numpy(),
+            grad.numpy(),
+            exp_avg.numpy(),
+            exp_avg_sq.numpy(),
+            _view(lr),
+            np.array([beta1, 1.0 - beta1], np.float32),
+            np.array([beta2, 1.0 - beta2], np.float32),
+            np.float32(1.0 - beta1**step),
+            np.float32(1.0 - beta2**step),
+            np.float32(eps),
+        )
+
+
+def warm_up() -> float:
+    """Compile (or load from the on-disk cache) every kernel; returns the seconds it took."""
+    start = time.perf_counter()
+    backend = CpuBackend()
+    params = torch.tensor([[[4.0, 4.0, 0.5, 0.1, 0.5, 0.5, 0.5, 0.5]]])
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    target = torch.zeros(1, 8, 8, 3)
+    _, grad = backend.loss_and_grad(params, mask, target)
+    backend.render(params, mask, 8, 8)
+    backend.adam_step(
+        params,
+        grad,
+        torch.zeros_like(params),
+        torch.zeros_like(params),
+        torch.ones(8),
+        1,
+        (0.9, 0.99),
+    )
+    return time.perf_counter() - start
