@@ -1,0 +1,17 @@
+"""Streaming data: DataComp-style shards -> decode -> in-loop batched fitting with a persistent
+splat cache -> tokenized batches (torchdata.nodes), plus the synthetic demo dataset."""
+
+from streamfit.data.cache import SplatCache
+from streamfit.data.config import DataConfig
+from streamfit.data.loader import StreamLoader, build_loader, cache_settings
+from streamfit.data.stats import EpochStats, LoaderStats
+
+__all__ = [
+    "DataConfig",
+    "EpochStats",
+    "LoaderStats",
+    "SplatCache",
+    "StreamLoader",
+    "build_loader",
+    "cache_settings",
+]

@@ -1,0 +1,69 @@
+"""`DataConfig`: where samples come from and how the streaming graph turns them into batches.
+
+The fitting settings live in :class:`streamfit.fit.FitConfig`, passed beside this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CACHE_KEYS = ("content", "key")
+SPLITS = ("shard", "sample")
+
+
+@dataclass
+class DataConfig:
+    """Settings of the shard -> decode -> fit -> tokenize graph.
+
+    ``shards``: local paths, brace patterns (``shards/{00000..00127}.tar``), webdataset URLs
+    (``pipe:``, ``http(s)://``, ...), several joined by ``::``.
+    ``split``: how ranks share an epoch: ``shard`` gives each rank whole shards (round robin
+    after the shuffle; needs at least ``world_size`` shards), ``sample`` has every rank read
+    every shard and keep every ``world_size``-th sample (for few, large shards).
+    ``cache_key``: ``content`` keys the splat cache by a hash of the encoded image bytes (safe
+    when sample keys repeat across datasets), ``key`` by the shard's sample key.
+    ``cache_max_bytes``: bound on stored splat bytes; least recently used entries go first.
+    An empty ``cache_dir`` disables the cache (every sample is fitted every epoch).
+    """
+
+    shards: str = ""
+    image_size: int = 224
+    decode_workers: int = 2
+    decode_method: str = "thread"  # thread | process
+    shuffle_buffer: int = 1000
+    shuffle_shards: bool = True
+    seed: int = 0
+    split: str = "shard"  # shard | sample
+    batch_size: int = 64
+    drop_last: bool = False
+    prefetch: int = 2
+    max_image_pixels: int = 40_000_000
+    cache_dir: str = ""
+    cache_max_bytes: int = 8 * 1024**3
+    cache_key: str = "content"  # content | key
+    yield_rgb: bool = False
+    tokenizer: str = "ViT-B-16"  # any open_clip model name accepted by get_tokenizer
+    context_length: int = 77
+    log_every: int = 1  # batches between per-batch timing log lines (0: never)
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.decode_workers < 0:
+            raise ValueError(f"data.decode_workers must be >= 0, got {self.decode_workers}")
+        if self.decode_method not in ("thread", "process"):
+            raise ValueError(
+                f"data.decode_method must be thread or process, got {self.decode_method!r}"
+            )
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+        if self.split not in SPLITS:
+            raise ValueError(f"data.split must be one of {SPLITS}, got {self.split!r}")
+        if self.cache_key not in CACHE_KEYS:
+            raise ValueError(f"data.cache_key must be one of {CACHE_KEYS}, got {self.cache_key!r}")
+        if self.cache_max_bytes < 1:
+            raise ValueError(f"data.cache_max_bytes must be >= 1, got {self.cache_max_bytes}")
+        if self.prefetch < 0:
+            raise ValueError(f"data.prefetch must be >= 0, got {self.prefetch}")

@@ -1,0 +1,130 @@
+"""Turning a raw shard sample into a training sample: caption and metadata parsing, image
+decode + resize + centre crop (uint8, fixed size), or the splats of a splat shard.
+
+Runs in the graph's parallel decode workers (threads or processes), so it touches no shared
+state: a sample that cannot be used comes back as a :class:`Skipped` record, counted and
+logged by the node that receives it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from streamfit.data.shards import CAPTION_EXT, IMAGE_EXTS, JSON_EXT, SPLATS_EXT, RawSample
+from streamfit.splats import BYTES_PER_SPLAT
+
+# Part of the cache's settings hash: bump when decoding changes the pixels handed to the fitter.
+DECODE_VERSION = 1
+
+
+@dataclass
+class Decoded:
+    """A usable sample. ``image``: ``[S, S, 3]`` uint8 (None for a splat-shard sample without
+    an image); ``splats``: packed float16 splats of a splat shard (else None); ``content_hash``:
+    hex digest of the encoded image (or splat) bytes."""
+
+    key: str
+    shard: str
+    caption: str
+    meta: dict[str, Any]
+    image: np.ndarray | None
+    splats: bytes | None
+    content_hash: str
+
+
+@dataclass
+class Skipped:
+    """A sample dropped during decoding, with the reason it was dropped."""
+
+    key: str
+    shard: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Picklable decode function (``image_size`` square output; images above
+    ``max_pixels`` are refused from their header, before any pixel is decoded)."""
+
+    image_size: int
+    max_pixels: int
+    need_image: bool = False
+
+    def __call__(self, raw: RawSample) -> Decoded | Skipped:
+        try:
+            caption = raw.members[CAPTION_EXT].decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            return Skipped(raw.key, raw.shard, "bad_caption", str(err))
+        try:
+            meta = json.loads(raw.members[JSON_EXT]) if JSON_EXT in raw.members else {}
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected an object, got {type(meta).__name__}")
+        except ValueError as err:
+            return Skipped(raw.key, raw.shard, "bad_json", str(err))
+
+        splats = raw.members.get(SPLATS_EXT)
+        if splats is not None:
+            problem = self._check_splats(splats, meta)
+            if problem:
+                return Skipped(raw.key, raw.shard, "bad_splats", problem)
+        image_ext = next((e for e in IMAGE_EXTS if e in raw.members), None)
+        image = None
+        if image_ext is not None and (splats is None or self.need_image):
+            encoded = raw.members[image_ext]
+            try:
+                image = self.decode_image(encoded)
+            except ImageTooLarge as err:
+                return Skipped(raw.key, raw.shard, "too_large", str(err))
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                return Skipped(raw.key, raw.shard, "decode_error", f"{type(err).__name__}: {err}")
+        elif self.need_image:
+            return Skipped(raw.key, raw.shard, "no_image", "RGB requested but the sample has none")
+        digest_of = splats if splats is not None else raw.members[image_ext]  # type: ignore[index]
+        content_hash = hashlib.blake2b(digest_of, digest_size=16).hexdigest()
+        return Decoded(raw.key, raw.shard, caption, meta, image, splats, content_hash)
+
+    def decode_image(self, encoded: bytes) -> np.ndarray:
+        """Encoded image -> ``[S, S, 3]`` uint8: shorter side resized to ``S``, centre crop."""
+        size = self.image_size
+        with Image.open(io.BytesIO(encoded)) as im:
+            width, height = im.size
+            if width < 1 or height < 1:
+                raise ValueError(f"image has no pixels ({width}x{height})")
+            if width * height > self.max_pixels:
+                raise ImageTooLarge(f"{width}x{height} pixels exceeds {self.max_pixels}")
+            short = min(width, height)
+            # JPEG: let libjpeg decode at a reduced scale (still >= S on the shorter side),
+            # much faster than full decode + resize for large photos
+            im.draft("RGB", (math.ceil(width * size / short), math.ceil(height * size / short)))
+            rgb = im.convert("RGB")
+        width, height = rgb.size
+        short = min(width, height)
+        left, top = (width - short) / 2, (height - short) / 2
+        out = rgb.resize(
+            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + short, top + short)
+        )
+        return np.asarray(out, dtype=np.uint8)
+
+    def _check_splats(self, blob: bytes, meta: dict[str, Any]) -> str:
+        if not blob or len(blob) % BYTES_PER_SPLAT:
+            return f"{len(blob)} bytes is not a positive multiple of {BYTES_PER_SPLAT}"
+        info = meta.get("splats", {})
+        size = (info.get("height"), info.get("width"))
+        if size != (self.image_size, self.image_size):
+            return f"splats are for a {size[0]}x{size[1]} image, the loader makes {self.image_size}"
+        if not np.isfinite(np.frombuffer(blob, dtype="<f2")).all():
+            return "non-finite splat parameters"
+        return ""
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header announces more pixels than allowed."""

@@ -1,0 +1,152 @@
+"""`build_loader`: the streaming graph from DataComp-style shards to training batches.
+
+Graph (torchdata.nodes)::
+
+    ShardReader (rank split, shuffle, resumable)
+      -> ParallelMapper(Decoder)   decode + resize/centre-crop, ``decode_workers`` threads/processes
+      -> SampleBatcher             drops (and counts) skipped samples
+      -> FitNode                   cache lookup, batched fit of the misses, write-back
+      -> Mapper(Tokenize)          open_clip tokenizer
+      -> Prefetcher                ``prefetch`` batches ahead, in a background thread
+      -> EpochMeter                per-epoch stats, consumer wait time
+      => StreamLoader (a torchdata.nodes.Loader)
+
+Batch dict (``B`` = samples in the batch, at most ``batch_size``; fewer for the last batch
+of an epoch or when fits fail; ``S`` = ``image_size``):
+
+==============  ==========================================================================
+``keys``        ``list[str]``: sample keys as in the shard
+``shards``      ``list[str]``: the shard each sample came from
+``captions``    ``list[str]``: the ``.txt`` captions, stripped
+``json``        ``list[dict]``: the ``.json`` metadata (``{}`` when absent)
+``splats``      :class:`streamfit.splats.Splats`: ``params [B, N, 8]`` float32 and
+                ``mask [B, N]`` bool on the fitting device, pixel units of an ``S x S``
+                image; values are float16-rounded (as stored in the cache)
+``tokens``      ``[B, context_length]`` int64 on the CPU (open_clip tokenizer)
+``rgb``         only with ``yield_rgb``: ``[B, 3, S, S]`` float32 in 0..1 on the fitting
+                device, *not* mean/std normalised (the model side normalises)
+``epoch``       ``int``: the epoch the batch belongs to
+``timing``      ``{"data_wait_s", "fit_s", "hits", "fitted"}`` of the fit node for this batch
+==============  ==========================================================================
+
+Epochs: each ``for batch in loader`` runs one epoch; the next ``iter`` starts the next epoch
+(:meth:`StreamLoader.set_epoch` picks one). ``loader.state_dict()`` taken after any batch,
+loaded into a fresh loader built with the same configs, continues with exactly the samples
+not yet yielded, then the following epochs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import torch
+from torchdata.nodes import Loader, Mapper, ParallelMapper, Prefetcher
+
+from streamfit.data.cache import SplatCache
+from streamfit.data.config import DataConfig
+from streamfit.data.decode import DECODE_VERSION, Decoder
+from streamfit.data.nodes import EpochMeter, FitNode, SampleBatcher, Tokenize
+from streamfit.data.shards import ShardReader, expand_shards
+from streamfit.data.stats import EpochStats, LoaderStats
+from streamfit.fit import FitConfig, get_backend
+
+logger = logging.getLogger("streamfit.data")
+
+
+def cache_settings(data_cfg: DataConfig, fit_cfg: FitConfig) -> str:
+    """The settings part of a cache key: every fitting setting that changes the splats, plus
+    the image size and the decoder version that define the pixels being fitted."""
+    blob = f"{fit_cfg.settings_hash()}/size={data_cfg.image_size}/decode={DECODE_VERSION}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class StreamLoader(Loader[dict]):
+    """A :class:`torchdata.nodes.Loader` over the streaming graph, with its per-epoch
+    ``stats``, the ``reader`` (epoch control) and the ``cache`` (or None)."""
+
+    def __init__(
+        self, root: EpochMeter, reader: ShardReader, stats: LoaderStats, cache: SplatCache | None
+    ) -> None:
+        super().__init__(root)
+        self.reader, self.stats, self.cache = reader, stats, cache
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being read (or, between epochs, the last one read)."""
+        return self.reader.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter(loader)`` start ``epoch`` from its beginning."""
+        self.reader.set_epoch(epoch)
+        self._next_iter_state_dict = None
+        self._it = None
+
+    def epoch_stats(self, epoch: int | None = None) -> EpochStats:
+        """Stats of ``epoch`` (default: the current one)."""
+        return self.stats.current if epoch is None else self.stats.epochs[epoch]
+
+
+def build_loader(
+    data_cfg: DataConfig,
+    fit_cfg: FitConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch: int = 0,
+    device: torch.device | str | None = None,
+) -> StreamLoader:
+    """The streaming loader of one rank (batch dict in the module docstring).
+
+    ``device``: where fitting runs and splats land (default: ``fit_cfg.device``); the
+    backend is ``fit_cfg.backend`` on it. ``epoch``: the first epoch to read.
+    """
+    stats = LoaderStats()
+    backend = get_backend(fit_cfg.backend, str(device) if device is not None else fit_cfg.device)
+    cache = SplatCache(data_cfg.cache_dir, data_cfg.cache_max_bytes) if data_cfg.cache_dir else None
+    reader = ShardReader(
+        expand_shards(data_cfg.shards),
+        rank=rank,
+        world_size=world_size,
+        seed=data_cfg.seed,
+        epoch=epoch,
+        shuffle_buffer=data_cfg.shuffle_buffer,
+        shuffle_shards=data_cfg.shuffle_shards,
+        split=data_cfg.split,
+        stats=stats,
+    )
+    decoder = Decoder(data_cfg.image_size, data_cfg.max_image_pixels, need_image=data_cfg.yield_rgb)
+    decoded = ParallelMapper(
+        reader,
+        decoder,
+        num_workers=data_cfg.decode_workers,
+        in_order=True,  # the order must not depend on timing, or resume would not be exact
+        method=data_cfg.decode_method,
+        snapshot_frequency=1,
+    )
+    batches = SampleBatcher(decoded, data_cfg.batch_size, data_cfg.drop_last, stats)
+    fitted = FitNode(
+        batches,
+        fit_cfg,
+        backend,
+        cache,
+        cache_settings(data_cfg, fit_cfg),
+        data_cfg.image_size,
+        data_cfg.cache_key,
+        data_cfg.yield_rgb,
+        stats,
+        data_cfg.log_every,
+    )
+    node = Mapper(fitted, Tokenize(data_cfg.tokenizer, data_cfg.context_length))
+    if data_cfg.prefetch:
+        node = Prefetcher(node, prefetch_factor=data_cfg.prefetch, snapshot_frequency=1)
+    logger.info(
+        "data: rank %d/%d reads %d of %d shards, %s backend on %s, cache %s",
+        rank,
+        world_size,
+        len(reader.epoch_shards(epoch)),
+        len(reader.shards),
+        backend.name,
+        backend.device,
+        cache.path if cache is not None else "off",
+    )
+    return StreamLoader(EpochMeter(node, stats), reader, stats, cache)

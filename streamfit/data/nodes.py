@@ -1,0 +1,243 @@
+"""The graph's own torchdata.nodes: batching that drops skipped samples, the fit node (cache
+lookup, batched fitting of the misses, write-back), tokenisation, and the epoch meter at the
+root. Each node's state is its source's state, so the reader's small state resumes all."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torchdata.nodes import BaseNode
+
+from streamfit.data.cache import SplatCache
+from streamfit.data.decode import Decoded, Skipped
+from streamfit.data.stats import LoaderStats
+from streamfit.fit import FitBackend, FitConfig, fit
+from streamfit.splats import Splats, unpack_params
+
+logger = logging.getLogger("streamfit.data")
+
+
+class SampleBatcher(BaseNode[list[Decoded]]):
+    """Lists of ``batch_size`` decoded samples; :class:`Skipped` records are counted in
+    ``stats`` (and logged) instead. The last short batch is kept unless ``drop_last``."""
+
+    def __init__(
+        self, source: BaseNode, batch_size: int, drop_last: bool, stats: LoaderStats
+    ) -> None:
+        super().__init__()
+        self.source, self.batch_size, self.drop_last, self.stats = (
+            source,
+            batch_size,
+            drop_last,
+            stats,
+        )
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self.source.reset(None if initial_state is None else initial_state["source"])
+
+    def get_state(self) -> dict[str, Any]:
+        return {"source": self.source.state_dict()}
+
+    def next(self) -> list[Decoded]:
+        batch: list[Decoded] = []
+        while len(batch) < self.batch_size:
+            try:
+                item = next(self.source)
+            except StopIteration:
+                break
+            if isinstance(item, Skipped):
+                self.stats.skip(item.reason, item.shard, item.key, item.detail)
+            else:
+                batch.append(item)
+        if not batch or (self.drop_last and len(batch) < self.batch_size):
+            raise StopIteration
+        return batch
+
+
+class FitNode(BaseNode[dict]):
+    """Batches of decoded samples -> batch dicts with splats on the backend's device.
+
+    Every sample is looked up in ``cache`` under ``settings``; the misses are fitted together
+    as one batch and written back; samples of splat shards pass through unfitted. An image
+    whose fit fails numerically is skipped (``fit_failed``) and never cached. Splats are
+    always the float16-rounded values the cache stores, so a cached epoch and a fitted one
+    give identical batches.
+    """
+
+    def __init__(
+        self,
+        source: BaseNode[list[Decoded]],
+        fit_cfg: FitConfig,
+        backend: FitBackend,
+        cache: SplatCache | None,
+        settings: str,
+        image_size: int,
+        cache_key: str,
+        yield_rgb: bool,
+        stats: LoaderStats,
+        log_every: int = 1,
+    ) -> None:
+        super().__init__()
+        self.source, self.fit_cfg, self.backend, self.cache = source, fit_cfg, backend, cache
+        self.settings, self.image_size, self.cache_key = settings, image_size, cache_key
+        self.yield_rgb, self.stats, self.log_every = yield_rgb, stats, log_every
+        self._batches = 0
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self.source.reset(None if initial_state is None else initial_state["source"])
+        self._batches = 0
+
+    def get_state(self) -> dict[str, Any]:
+        return {"source": self.source.state_dict()}
+
+    def next(self) -> dict:
+        while True:
+            start = time.perf_counter()
+            samples = next(self.source)
+            waited = time.perf_counter() - start
+            batch = self._fit_batch(samples, waited)
+            if batch is not None:
+                return batch
+
+    def _fit_batch(self, samples: list[Decoded], waited: float) -> dict | None:
+        start = time.perf_counter()
+        ids = [s.content_hash if self.cache_key == "content" else s.key for s in samples]
+        blobs: list[bytes | None] = [s.splats for s in samples]
+        lookup = [i for i, s in enumerate(samples) if s.splats is None]
+        if self.cache is not None and lookup:
+            for i, blob in zip(
+                lookup, self.cache.get_many([ids[i] for i in lookup], self.settings), strict=True
+            ):
+                blobs[i] = blob
+        misses = [i for i in lookup if blobs[i] is None]
+        psnr = float("nan")
+        if misses:
+            images = torch.from_numpy(np.stack([samples[i].image for i in misses]))
+            result = fit(images.float().div_(255.0), self.fit_cfg, self.backend)
+            ok = result.ok
+            fresh: list[tuple[str, bytes]] = []
+            for j, i in enumerate(misses):
+                blob = result.splats.pack(j) if ok[j] else b""
+                if ok[j] and np.isfinite(np.frombuffer(blob, dtype="<f2")).all():
+                    blobs[i] = blob
+                    fresh.append((ids[i], blob))
+                else:
+                    s = samples[i]
+                    self.stats.skip("fit_failed", s.shard, s.key, "non-finite splats")
+            if self.cache is not None and fresh:
+                self.stats.add(cache_evictions=self.cache.put_many(fresh, self.settings))
+            psnr = float(result.psnr[ok].mean()) if bool(ok.any()) else float("nan")
+        keep = [i for i, b in enumerate(blobs) if b is not None]
+        fit_seconds = time.perf_counter() - start
+        hits = len(lookup) - len(misses)
+        self.stats.add(
+            cache_hits=hits if self.cache is not None else 0,
+            cache_misses=len(misses),
+            precomputed=len(samples) - len(lookup),
+            fit_seconds=fit_seconds,
+            data_wait_seconds=waited,
+        )
+        self._batches += 1
+        if self.log_every and self._batches % self.log_every == 0:
+            logger.info(
+                "epoch %d batch %d: %d samples (%d cached, %d fitted%s) | "
+                "waited %.3f s for data, fitting %.3f s",
+                self.stats.current.epoch,
+                self._batches,
+                len(keep),
+                hits,
+                len(misses),
+                f", psnr {psnr:.2f} dB" if misses else "",
+                waited,
+                fit_seconds,
+            )
+        if not keep:
+            return None
+        device = self.backend.device
+        splats = Splats.from_list(
+            [unpack_params(blobs[i]) for i in keep], self.image_size, self.image_size
+        )
+        batch = {
+            "keys": [samples[i].key for i in keep],
+            "shards": [samples[i].shard for i in keep],
+            "captions": [samples[i].caption for i in keep],
+            "json": [samples[i].meta for i in keep],
+            "splats": splats.to(device),
+            "timing": {
+                "data_wait_s": waited,
+                "fit_s": fit_seconds,
+                "hits": hits,
+                "fitted": len(misses),
+            },
+        }
+        if self.yield_rgb:
+            rgb = torch.from_numpy(np.stack([samples[i].image for i in keep]))
+            batch["rgb"] = rgb.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        return batch
+
+
+class Tokenize:
+    """Adds ``tokens`` (``[B, context_length]`` int64, CPU) for ``captions`` with the
+    open_clip tokenizer of ``model_name``."""
+
+    def __init__(self, model_name: str, context_length: int) -> None:
+        import open_clip
+
+        self.tokenizer: Callable[..., torch.Tensor] = open_clip.get_tokenizer(model_name)
+        self.context_length = context_length
+
+    def __call__(self, batch: dict) -> dict:
+        batch["tokens"] = self.tokenizer(batch["captions"], context_length=self.context_length)
+        return batch
+
+
+class EpochMeter(BaseNode[dict]):
+    """Root node: counts yielded samples, times how long the consumer waits for each batch,
+    and closes the epoch's stats (with a summary log line) when the epoch ends."""
+
+    def __init__(self, source: BaseNode[dict], stats: LoaderStats) -> None:
+        super().__init__()
+        self.source, self.stats = source, stats
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self.source.reset(None if initial_state is None else initial_state["source"])
+
+    def get_state(self) -> dict[str, Any]:
+        return {"source": self.source.state_dict()}
+
+    def next(self) -> dict:
+        self.stats.mark_request()
+        start = time.perf_counter()
+        try:
+            batch = next(self.source)
+        except StopIteration:
+            if not self.stats.current.complete:
+                done = self.stats.end_epoch()
+                logger.info(
+                    "epoch %d done: %d samples in %.1f s, skipped %s, cache %d hits / %d misses "
+                    "(%d evicted), fitting %.1f s, fit node waited %.1f s, consumer waited %.1f s",
+                    done.epoch,
+                    done.samples,
+                    done.seconds,
+                    done.skipped or "none",
+                    done.cache_hits,
+                    done.cache_misses,
+                    done.cache_evictions,
+                    done.fit_seconds,
+                    done.data_wait_seconds,
+                    done.consumer_wait_seconds,
+                )
+            raise
+        self.stats.add(
+            samples=len(batch["keys"]), batches=1, consumer_wait_seconds=time.perf_counter() - start
+        )
+        batch["epoch"] = self.stats.current.epoch
+        return batch
