@@ -66,7 +66,9 @@ def tiny_model():
 def test_splat_features_geometry():
     """Known splats: an isotropic one and one with axes (6, 2) px rotated by 30 degrees."""
     sigma1, sigma2, t = 6.0, 2.0, math.pi / 6
-    rot = torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=torch.float64)
+    rot = torch.tensor(
+        [[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=torch.float64
+    )
     cov = rot @ torch.diag(torch.tensor([sigma1**2, sigma2**2], dtype=torch.float64)) @ rot.T
     chol = torch.linalg.cholesky(cov)
     rotated = [16.0, 8.0, chol[0, 0].log(), chol[1, 0], chol[1, 1].log(), 1.0, 0.5, 0.0]
@@ -286,8 +288,10 @@ def test_vit_m16_counts_and_forward_backward_on_cpu(capsys):
     counts = model.parameter_counts()["all"]
     fraction = counts["trainable"] / counts["total"]
     with capsys.disabled():
-        print(f"\nViT-M-16: vision {vision_params / 1e6:.1f}M, GS-CLIP {counts['total'] / 1e6:.1f}M,"
-              f" trainable {counts['trainable'] / 1e6:.2f}M = {100 * fraction:.2f}%")
+        print(
+            f"\nViT-M-16: vision {vision_params / 1e6:.1f}M, GS-CLIP {counts['total'] / 1e6:.1f}M,"
+            f" trainable {counts['trainable'] / 1e6:.2f}M = {100 * fraction:.2f}%"
+        )
     assert 0.06 < fraction < 0.085
     # 196 queries = 14 x 14 patches: the RGB positions are copied as they are.
     torch.testing.assert_close(model.visual.positional_embedding.detach(), grid_positions)
