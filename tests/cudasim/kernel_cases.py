@@ -1,0 +1,48 @@
+"""Random splat batches and reference values shared by the kernel tests (CPU and simulator)."""
+
+from __future__ import annotations
+
+import torch
+
+from streamfit.render import render
+
+
+def random_splats(
+    batch: int, n: int, height: int, width: int, seed: int = 0, keep: float = 0.8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, N, 8]`` float32 splats of varied size, elongation and colour sign, and a ``[B, N]``
+    mask with about ``keep`` of them valid (different counts per image)."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.zeros(batch, n, 8)
+    # centres a little beyond the border too: footprints that are clipped by the image
+    p[..., 0] = torch.rand(batch, n, generator=g) * (width + 8) - 4
+    p[..., 1] = torch.rand(batch, n, generator=g) * (height + 8) - 4
+    cell = (height * width / n) ** 0.5
+    p[..., 2] = torch.log(torch.tensor(cell / 2)) + 0.4 * torch.randn(batch, n, generator=g)
+    p[..., 3] = 0.6 * cell / 2 * torch.randn(batch, n, generator=g)
+    p[..., 4] = torch.log(torch.tensor(cell / 2)) + 0.4 * torch.randn(batch, n, generator=g)
+    p[..., 5:] = torch.rand(batch, n, 3, generator=g) * 1.2 - 0.1
+    mask = torch.rand(batch, n, generator=g) < keep
+    return p, mask
+
+
+def reference_loss_and_grad(
+    params: torch.Tensor,
+    mask: torch.Tensor,
+    target: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Image, per-image MSE ``[B]`` and ``d(sum_b mse_b)/d params`` from :func:`render` with
+    autograd, in ``dtype``; masked splats get zero gradient."""
+    _, height, width, _ = target.shape
+    p = params.to(dtype).detach().requires_grad_(True)
+    image = render(p, mask, height, width)
+    mse = (image - target.to(dtype)).pow(2).flatten(1).mean(1)
+    (grad,) = torch.autograd.grad(mse.sum(), p)
+    return image.detach(), mse.detach(), grad * mask[..., None]
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``|actual - expected| / |expected|`` in the 2-norm, in float64."""
+    expected = expected.to(torch.float64)
+    return float((actual.to(torch.float64) - expected).norm() / expected.norm().clamp_min(1e-30))

@@ -1,0 +1,221 @@
+"""The Numba CPU backend against the reference renderer: values, gradients, bad input, and
+fitting quality against the torch backend."""
+
+from __future__ import annotations
+
+import tarfile
+from io import BytesIO
+
+import numpy as np
+import pytest
+import torch
+from cudasim.kernel_cases import random_splats, reference_loss_and_grad, relative_error
+
+from streamfit.fit import FitConfig, fit
+from streamfit.fit.backends import get_backend
+from streamfit.fit.backends.base import FitBackend
+from streamfit.fit.backends.cpu import CpuBackend, warm_up
+from streamfit.fit.backends.torch_backend import TorchBackend
+from streamfit.render import render
+from streamfit.splats import Splats
+
+# float32 kernels against a float64 reference
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def backend() -> CpuBackend:
+    warm_up()
+    return CpuBackend()
+
+
+@pytest.mark.parametrize(
+    ("batch", "n", "height", "width", "tile"),
+    [
+        (1, 1, 8, 8, 16),
+        (3, 40, 37, 50, 16),
+        (2, 60, 33, 29, 7),
+        (2, 30, 40, 40, 32),
+        (1, 5, 3, 70, 1),
+    ],
+)
+def test_forward_and_gradients_match_reference(batch, n, height, width, tile):
+    params, mask = random_splats(batch, n, height, width, seed=n)
+    target = torch.rand(batch, height, width, 3, generator=torch.Generator().manual_seed(1))
+    ref_image, ref_mse, ref_grad = reference_loss_and_grad(params, mask, target)
+    backend = CpuBackend(tile=tile)
+    image = backend.render(params, mask, height, width)
+    assert image.shape == (batch, height, width, 3) and image.dtype == torch.float32
+    assert relative_error(image, ref_image) < RTOL
+    mse, grad = backend.loss_and_grad(params, mask, target)
+    assert mse.shape == (batch,) and grad.shape == params.shape
+    assert relative_error(mse, ref_mse) < RTOL
+    for k in range(8):  # each parameter column on its own: positions and colours differ in scale
+        assert relative_error(grad[..., k], ref_grad[..., k]) < 10 * RTOL, k
+    assert (grad[~mask] == 0).all()
+
+
+def test_realistic_size_matches_torch_backend(backend):
+    """224x224, 400 splats of the structured layout: the convention of the torch backend
+    (``mse [B]`` and ``d sum(mse) / d params``), to float32 rounding."""
+    params, mask = random_splats(1, 400, 224, 224, seed=3, keep=0.9)
+    target = torch.rand(1, 224, 224, 3, generator=torch.Generator().manual_seed(2))
+    mse, grad = backend.loss_and_grad(params, mask, target)
+    ref_mse, ref_grad = TorchBackend().loss_and_grad(params, mask, target)
+    assert relative_error(mse, ref_mse) < RTOL
+    for k in range(8):
+        assert relative_error(grad[..., k], ref_grad[..., k]) < 1e-4, k
+    image = backend.render(params, mask, 224, 224)
+    assert relative_error(image, render(params.double(), mask, 224, 224)) < RTOL
+
+
+def test_extreme_splats_match_reference(backend):
+    """Huge (footprint beyond the image, exp overflowing to inf), tiny, far away, flat."""
+    params = torch.tensor(
+        [
+            [10.0, 12.0, 100.0, 0.0, 1.0, 0.3, 0.2, 0.1],  # l11 = inf: a horizontal band
+            [10.0, 12.0, 6.0, 50.0, 6.0, 0.2, 0.4, 0.1],  # covers everything
+            [5.5, 7.5, -6.0, 0.0, -6.0, 1.0, 1.0, 1.0],  # much smaller than a pixel
+            [-500.0, 12.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0],  # far outside
+            [20.0, 3.0, 2.0, -30.0, -1.0, -0.5, 0.5, 0.5],  # thin, tilted, negative red
+        ]
+    )[None]
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    target = torch.rand(1, 24, 31, 3, generator=torch.Generator().manual_seed(0))
+    image = backend.render(params, mask, 24, 31)
+    ref_image, ref_mse, ref_grad = reference_loss_and_grad(params, mask, target)
+    assert relative_error(image, ref_image) < RTOL
+    mse, grad = backend.loss_and_grad(params, mask, target)
+    assert relative_error(mse, ref_mse) < RTOL
+    assert torch.isfinite(grad).all()
+    assert relative_error(grad, ref_grad) < 1e-4
+
+
+def test_splat_sets_of_different_sizes(backend):
+    """A padded batch (``Splats.from_list``) renders each image as if it were alone."""
+    sets = [random_splats(1, n, 20, 30, seed=n, keep=1.0)[0][0] for n in (3, 11, 1)]
+    batch = Splats.from_list(sets, 20, 30)
+    images = backend.render(batch.params, batch.mask, 20, 30)
+    for b, s in enumerate(sets):
+        alone = backend.render(s[None], torch.ones(1, s.shape[0], dtype=torch.bool), 20, 30)
+        torch.testing.assert_close(images[b], alone[0], rtol=0, atol=0)
+
+
+def test_non_finite_parameters_poison_only_their_image(backend):
+    params, mask = random_splats(3, 12, 16, 20, seed=5, keep=1.0)
+    target = torch.rand(3, 16, 20, 3)
+    clean_mse, clean_grad = backend.loss_and_grad(params, mask, target)
+    params[1, 4, 2] = float("nan")
+    params[2, 0, 6] = float("inf")
+    params[0, 7, 0] = float("nan")
+    mask[0, 7] = False  # a masked splat's values do not matter
+    mse, grad = backend.loss_and_grad(params, mask, target)
+    assert torch.isnan(mse[1:]).all() and torch.isnan(grad[1:]).all()
+    _, ref_mse, ref_grad = reference_loss_and_grad(params[:1], mask[:1], target[:1])
+    assert relative_error(mse[:1], ref_mse) < RTOL
+    valid = mask[:1]
+    assert relative_error(grad[:1][valid], ref_grad[valid]) < 1e-4
+    assert (grad[0, 7] == 0).all()
+    assert torch.isnan(backend.render(params, mask, 16, 20)[1:]).all()
+    assert torch.isfinite(clean_mse).all() and torch.isfinite(clean_grad).all()
+
+
+def test_empty_batches_and_empty_splat_sets(backend):
+    mse, grad = backend.loss_and_grad(
+        torch.zeros(0, 4, 8), torch.zeros(0, 4, dtype=torch.bool), torch.zeros(0, 8, 8, 3)
+    )
+    assert mse.shape == (0,) and grad.shape == (0, 4, 8)
+    mse, grad = backend.loss_and_grad(
+        torch.zeros(2, 0, 8), torch.zeros(2, 0, dtype=torch.bool), torch.ones(2, 8, 8, 3)
+    )
+    torch.testing.assert_close(mse, torch.ones(2))
+    assert (
+        backend.render(torch.zeros(1, 3, 8), torch.zeros(1, 3, dtype=torch.bool), 5, 6).abs().sum()
+        == 0
+    )
+    with pytest.raises(ValueError, match="target"):
+        backend.loss_and_grad(
+            torch.zeros(2, 3, 8), torch.ones(2, 3, dtype=torch.bool), torch.zeros(3, 8, 8, 3)
+        )
+
+
+def test_fused_adam_matches_interface_definition(backend):
+    g = torch.Generator().manual_seed(0)
+    params, grad = torch.randn(3, 17, 8, generator=g), torch.randn(3, 17, 8, generator=g)
+    m, v = torch.randn(3, 17, 8, generator=g), torch.rand(3, 17, 8, generator=g)
+    lr = torch.rand(8, generator=g)
+    expected = [t.clone() for t in (params, m, v)]
+    for step in (1, 2, 50):
+        FitBackend.adam_step(backend, *expected[:1], grad, *expected[1:], lr, step, (0.9, 0.99))
+        backend.adam_step(params, grad, m, v, lr, step, (0.9, 0.99))
+        for got, want in zip((params, m, v), expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_registry_returns_cpu_backend():
+    assert isinstance(get_backend("cpu"), CpuBackend)
+
+
+def _smooth_images(batch: int, height: int, width: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    img = torch.zeros(batch, height, width, 3)
+    for _ in range(8):
+        cx, cy = torch.rand(2, generator=g) * torch.tensor([width, height])
+        s = 3 + 6 * torch.rand(1, generator=g)
+        col = torch.rand(batch, 1, 1, 3, generator=g)
+        img += col * torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s**2))[None, :, :, None]
+    return img.clamp(0, 1)
+
+
+def _photos(folder, count: int, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    images = []
+    with tarfile.open(folder / "train-000000.tar") as tar:
+        for member in tar:
+            if member.name.endswith(".jpg"):
+                photo = Image.open(BytesIO(tar.extractfile(member).read())).convert("RGB")
+                photo = photo.resize((size, size), Image.BILINEAR)
+                images.append(torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0))
+                if len(images) == count:
+                    break
+    return torch.stack(images)
+
+
+@pytest.mark.parametrize("options", [{}, {"l1": 0.01, "prune_luminance": 0.02, "prune_every": 5}])
+def test_fit_reaches_torch_psnr(backend, options):
+    images = _smooth_images(3, 28, 36)
+    cfg = FitConfig(gaussians=30, iters=60, **options)
+    ours = fit(images, cfg, backend)
+    reference = fit(images, cfg, TorchBackend())
+    assert (ours.psnr - reference.psnr).abs().max() < 0.1
+    assert (ours.splats.counts() == reference.splats.counts()).all()
+
+
+def test_fit_real_photos_reaches_torch_psnr(backend, imagenet_sample):
+    images = _photos(imagenet_sample, 2, 48)
+    cfg = FitConfig(gaussians=64, iters=40)
+    ours = fit(images, cfg, backend)
+    reference = fit(images, cfg, TorchBackend())
+    assert (ours.psnr - reference.psnr).abs().max() < 0.1
+    assert (ours.psnr > 15).all()
+
+
+class _NanAfterStep(CpuBackend):
+    """Corrupts one parameter of image 1 after the third Adam step."""
+
+    def adam_step(self, params, grad, exp_avg, exp_avg_sq, lr, step, betas, eps=1e-8):
+        super().adam_step(params, grad, exp_avg, exp_avg_sq, lr, step, betas, eps)
+        if step == 3:
+            params[1, 2, 3] = float("nan")
+
+
+def test_fit_drops_non_finite_image_and_continues(backend):
+    images = _smooth_images(3, 20, 20)
+    cfg = FitConfig(gaussians=16, iters=10)
+    clean = fit(images, cfg, backend)
+    result = fit(images, cfg, _NanAfterStep())
+    assert result.dropped == [1] and torch.isnan(result.psnr[1])
+    assert result.splats.counts().tolist() == [16, 0, 16]
+    torch.testing.assert_close(result.psnr[[0, 2]], clean.psnr[[0, 2]])
