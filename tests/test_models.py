@@ -227,6 +227,12 @@ def test_from_scratch_trains_everything_at_the_base_lr():
         tiny_config(from_scratch=True, pretrained="laion2b_s34b_b88k")
 
 
+def test_rejects_image_towers_that_are_not_vision_transformers():
+    resnet = {**TINY, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8}}
+    with pytest.raises(ValueError, match="VisionTransformer"):
+        build_gs_clip(tiny_config(model_kwargs=resnet))
+
+
 # ---------------------------------------------------------------------------- teacher loading
 @pytest.mark.parametrize("fmt", ["torch", "safetensors", "open_clip_train"])
 def test_teacher_and_gs_clip_load_a_local_rgb_checkpoint(tmp_path, fmt):

@@ -166,11 +166,11 @@ class GSCLIP(nn.Module):
             raise ValueError(
                 f"expected an open_clip CLIP or CustomTextCLIP, got {type(clip).__name__}"
             )
-        n_blocks = len(clip.visual.transformer.resblocks)
-        if not 0 <= cfg.unfrozen_blocks <= n_blocks:
-            raise ValueError(f"unfrozen_blocks={cfg.unfrozen_blocks} outside [0, {n_blocks}]")
         self.cfg = cfg
         self.visual = GSVisionEncoder(clip.visual, cfg)
+        n_blocks = len(self.visual.transformer.resblocks)
+        if not 0 <= cfg.unfrozen_blocks <= n_blocks:
+            raise ValueError(f"unfrozen_blocks={cfg.unfrozen_blocks} outside [0, {n_blocks}]")
         # The blocks now live in self.visual; the RGB stem is not needed.
         clip.visual = None
         self.clip = clip
@@ -255,8 +255,8 @@ class GSCLIP(nn.Module):
         Groups: ``gs_input`` (stem, resampler, token positions) at ``base_lr``; ``backbone``
         (trainable vision-tower parts) and, when trainable, ``text`` and ``logit_scale`` at
         ``base_lr * cfg.backbone_lr_scale`` (``base_lr`` for all in ``from_scratch`` mode).
-        Each but ``logit_scale`` comes as a decayed group and a ``<name>_no_decay`` group
-        (biases, norms, learned token tables). Every group carries ``name``, ``lr``,
+        Each comes as a decayed group ``<name>`` and a ``<name>_no_decay`` group (biases,
+        norms, learned token tables, the logit scale). Every group carries ``name``, ``lr``,
         ``base_lr`` (its own peak lr, for schedulers to scale), ``lr_scale`` and
         ``weight_decay``. Empty groups are left out.
         """
