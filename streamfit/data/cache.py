@@ -172,13 +172,12 @@ class SplatCache:
         conn = self._conn()
         now = time.time_ns()
         with _write(conn):
-            before = conn.total_changes
-            conn.executemany(
+            cursor = conn.executemany(
                 "INSERT INTO splats (key, settings, params, crc, nbytes, used) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (key, settings) DO NOTHING",
                 [(k, settings, b, zlib.crc32(b), len(b), now) for k, b in items],
             )
-            written = conn.total_changes - before
+            written = cursor.rowcount  # rows inserted here; trigger updates are not counted
             evicted = self._evict(conn)
         self._count(writes=written, evictions=evicted)
         if evicted:

@@ -82,9 +82,9 @@ class Decoder:
             encoded = raw.members[image_ext]
             try:
                 image = self.decode_image(encoded)
-            except ImageTooLarge as err:
+            except (ImageTooLarge, Image.DecompressionBombError) as err:
                 return Skipped(raw.key, raw.shard, "too_large", str(err))
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            except (OSError, ValueError, SyntaxError) as err:
                 return Skipped(raw.key, raw.shard, "decode_error", f"{type(err).__name__}: {err}")
         elif self.need_image:
             return Skipped(raw.key, raw.shard, "no_image", "RGB requested but the sample has none")
