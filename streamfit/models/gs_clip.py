@@ -99,7 +99,8 @@ class GSVisionEncoder(nn.Module):
         super().__init__()
         if not isinstance(visual, VisionTransformer):
             raise ValueError(
-                f"GS-CLIP needs an open_clip VisionTransformer image tower, got {type(visual).__name__}"
+                "GS-CLIP needs an open_clip VisionTransformer image tower, "
+                f"got {type(visual).__name__}"
             )
         if visual.attn_pool is not None or visual.pool_type not in ("tok", "avg"):
             raise ValueError("GS-CLIP supports class-token or average pooling towers only")

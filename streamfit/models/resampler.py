@@ -43,7 +43,8 @@ class ResamplerLayer(nn.Module):
     def forward(
         self, queries: torch.Tensor, tokens: torch.Tensor, key_mask: torch.Tensor
     ) -> torch.Tensor:
-        """``queries [B, T, D]``, ``tokens [B, N, D]``, ``key_mask [B, N + T]`` bool -> ``[B, T, D]``."""
+        """``queries [B, T, D]``, ``tokens [B, N, D]``, ``key_mask [B, N + T]`` bool (True =
+        attend) -> updated queries ``[B, T, D]``."""
         b, t, d = queries.shape
         q_in = self.norm_queries(queries)
         kv_in = torch.cat([self.norm_tokens(tokens), q_in], dim=1)
