@@ -94,11 +94,13 @@ def build_loader(
     world_size: int = 1,
     epoch: int = 0,
     device: torch.device | str | None = None,
+    fit_misses: bool = True,
 ) -> StreamLoader:
     """The streaming loader of one rank (batch dict in the module docstring).
 
     ``device``: where fitting runs and splats land (default: ``fit_cfg.device``); the
-    backend is ``fit_cfg.backend`` on it. ``epoch``: the first epoch to read.
+    backend is ``fit_cfg.backend`` on it. ``epoch``: the first epoch to read. ``fit_misses``:
+    False serves only what the cache holds (the rest is skipped as ``not_cached``).
     """
     stats = LoaderStats()
     backend = get_backend(fit_cfg.backend, str(device) if device is not None else fit_cfg.device)
@@ -135,6 +137,7 @@ def build_loader(
         data_cfg.yield_rgb,
         stats,
         data_cfg.log_every,
+        fit_misses,
     )
     node = Mapper(fitted, Tokenize(data_cfg.tokenizer, data_cfg.context_length))
     if data_cfg.prefetch:

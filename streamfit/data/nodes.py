@@ -65,7 +65,8 @@ class FitNode(BaseNode[dict]):
 
     Every sample is looked up in ``cache`` under ``settings``; the misses are fitted together
     as one batch and written back; samples of splat shards pass through unfitted. An image
-    whose fit fails numerically is skipped (``fit_failed``) and never cached. Splats are
+    whose fit fails numerically is skipped (``fit_failed``) and never cached. With
+    ``fit_misses=False`` misses are skipped (``not_cached``) instead of fitted. Splats are
     always the float16-rounded values the cache stores, so a cached epoch and a fitted one
     give identical batches.
     """
@@ -82,8 +83,10 @@ class FitNode(BaseNode[dict]):
         yield_rgb: bool,
         stats: LoaderStats,
         log_every: int = 1,
+        fit_misses: bool = True,
     ) -> None:
         super().__init__()
+        self.fit_misses = fit_misses
         self.source, self.fit_cfg, self.backend, self.cache = source, fit_cfg, backend, cache
         self.settings, self.image_size, self.cache_key = settings, image_size, cache_key
         self.yield_rgb, self.stats, self.log_every = yield_rgb, stats, log_every
@@ -117,8 +120,13 @@ class FitNode(BaseNode[dict]):
             ):
                 blobs[i] = blob
         misses = [i for i in lookup if blobs[i] is None]
+        hits = len(lookup) - len(misses)
+        if not self.fit_misses:
+            for i in misses:
+                self.stats.skip("not_cached", samples[i].shard, samples[i].key)
+        fitted = len(misses) if self.fit_misses else 0
         psnr = float("nan")
-        if misses:
+        if fitted:
             images = torch.from_numpy(np.stack([samples[i].image for i in misses]))
             result = fit(images.float().div_(255.0), self.fit_cfg, self.backend)
             ok = result.ok
@@ -136,7 +144,6 @@ class FitNode(BaseNode[dict]):
             psnr = float(result.psnr[ok].mean()) if bool(ok.any()) else float("nan")
         keep = [i for i, b in enumerate(blobs) if b is not None]
         fit_seconds = time.perf_counter() - start
-        hits = len(lookup) - len(misses)
         self.stats.add(
             cache_hits=hits if self.cache is not None else 0,
             cache_misses=len(misses),
@@ -153,8 +160,8 @@ class FitNode(BaseNode[dict]):
                 self._batches,
                 len(keep),
                 hits,
-                len(misses),
-                f", psnr {psnr:.2f} dB" if misses else "",
+                fitted,
+                f", psnr {psnr:.2f} dB" if fitted else "",
                 waited,
                 fit_seconds,
             )
@@ -174,7 +181,7 @@ class FitNode(BaseNode[dict]):
                 "data_wait_s": waited,
                 "fit_s": fit_seconds,
                 "hits": hits,
-                "fitted": len(misses),
+                "fitted": fitted,
             },
         }
         if self.yield_rgb:

@@ -1,0 +1,180 @@
+"""The data tools end to end, small: make_shards (folder, table, synthetic), benchmark_loader,
+export_splats and reading the exported splat shards back without fitting."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from streamfit.data import DataConfig, build_loader
+from streamfit.data.shards import ShardReader, expand_shards
+from streamfit.fit import FitConfig
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+TINY = [
+    "--backend",
+    "torch",
+    "--device",
+    "cpu",
+    "--gaussians",
+    "4",
+    "--iters",
+    "2",
+    "--image-size",
+    "8",
+]
+
+
+def tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_make_shards_from_folder_and_table(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    for i, colour in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (10 + i, 8), colour).save(src / "sub" / f"{colour}.png")
+    (src / "sub" / "red.txt").write_text("a red picture")
+    (src / "sub" / "green.txt").write_text("a green picture")  # blue has no caption
+    (src / "sub" / "broken.jpg").write_bytes(b"not a jpeg")
+    (src / "sub" / "broken.txt").write_text("broken")
+    out = tmp_path / "shards"
+    summary = tmp_path / "summary.json"
+    assert (
+        tool("make_shards").main(
+            ["folder", str(src), "--out", str(out), "--shard-size", "1", "--json", str(summary)]
+        )
+        == 0
+    )
+    result = json.loads(summary.read_text())
+    assert result["samples"] == 2 and result["skipped"] == {"no_caption": 1, "bad_image": 1}
+    samples = list(
+        ShardReader(expand_shards(result["shards"]), shuffle_shards=False, shuffle_buffer=1)
+    )
+    assert [s.members["txt"] for s in samples] == [b"a green picture", b"a red picture"]
+    assert json.loads(samples[1].members["json"])["original_width"] == 10
+
+    table = tmp_path / "captions.csv"
+    with table.open("w", newline="") as f:
+        csv.writer(f).writerows(
+            [["path", "caption"], ["sub/blue.png", "blue!"], ["sub/red.png", "red!"]]
+        )
+    tool("make_shards").main(
+        ["folder", str(src), "--captions", str(table), "--out", str(tmp_path / "t")]
+    )
+    samples = list(
+        ShardReader(
+            expand_shards(str(tmp_path / "t" / "shard-000000.tar")),
+            shuffle_buffer=1,
+            shuffle_shards=False,
+        )
+    )
+    assert [s.members["txt"] for s in samples] == [b"blue!", b"red!"]
+    assert Image.open(io.BytesIO(samples[0].members["png"])).getpixel((0, 0)) == (0, 0, 255)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    args = [
+        "synthetic",
+        "--out",
+        str(out),
+        "--n-train",
+        "24",
+        "--n-heldout",
+        "16",
+        "--shard-size",
+        "10",
+        "--image-size",
+        "16",
+    ]
+    tool("make_shards").main(args)
+    return out
+
+
+def test_synthetic_dataset_layout(synthetic: Path) -> None:
+    classes = json.loads((synthetic / "classes.json").read_text())
+    assert len(classes["classnames"]) == 16 and all("{}" in t for t in classes["templates"])
+    train = list(ShardReader(expand_shards(classes["train"]), shuffle_buffer=1))
+    heldout = list(ShardReader(expand_shards(classes["heldout"]), shuffle_buffer=1))
+    assert (len(train), len(heldout)) == (24, 16)
+    labels = [json.loads(s.members["json"])["label"] for s in heldout]
+    assert sorted(labels) == list(range(16))  # classes balanced
+    for sample in train:
+        meta = json.loads(sample.members["json"])
+        assert classes["classnames"][meta["label"]] == meta["classname"]
+        shape_colour = meta["classname"].split()
+        caption = sample.members["txt"].decode()
+        assert all(word in caption for word in shape_colour)
+
+
+def test_benchmark_then_export_then_read_splat_shards(synthetic: Path, tmp_path: Path) -> None:
+    shards = json.loads((synthetic / "classes.json").read_text())["train"]
+    cache, report = tmp_path / "cache", tmp_path / "bench.json"
+    argv = [
+        "--shards",
+        shards,
+        "--epochs",
+        "2",
+        "--cache",
+        str(cache),
+        "--batch-size",
+        "8",
+        *TINY,
+        "--json",
+        str(report),
+    ]
+    assert tool("benchmark_loader").main(argv) == 0
+    epochs = json.loads(report.read_text())["epochs"]
+    assert [(e["samples"], e["cache_hits"], e["cache_misses"], e["skipped"]) for e in epochs] == [
+        (24, 0, 24, {}),
+        (24, 24, 0, {}),
+    ]
+    assert all(e["seconds"] > 0 for e in epochs)
+
+    out, summary = tmp_path / "splat_shards", tmp_path / "export.json"
+    tool("export_splats").main(
+        [
+            "--shards",
+            shards,
+            "--cache",
+            str(cache),
+            "--out",
+            str(out),
+            "--shard-size",
+            "10",
+            *TINY,
+            "--json",
+            str(summary),
+        ]
+    )
+    exported = json.loads(summary.read_text())
+    assert (exported["exported"], exported["from_cache"], exported["n_shards"]) == (24, 24, 3)
+
+    data = DataConfig(shards=shards, image_size=8, batch_size=8, cache_dir=str(cache), log_every=0)
+    fit_cfg = FitConfig(gaussians=4, iters=2, backend="torch", device="cpu")
+    cached = {
+        k: s
+        for b in build_loader(data, fit_cfg)
+        for k, s in zip(b["keys"], b["splats"].to_list(), strict=True)
+    }
+    direct = build_loader(
+        DataConfig(shards=exported["shards"], image_size=8, batch_size=8, log_every=0), fit_cfg
+    )
+    read = {k: s for b in direct for k, s in zip(b["keys"], b["splats"].to_list(), strict=True)}
+    stats = direct.epoch_stats(0)
+    assert (stats.precomputed, stats.cache_misses, stats.samples) == (24, 0, 24)
+    assert read.keys() == cached.keys()
+    assert all((read[k] == cached[k]).all() for k in read)

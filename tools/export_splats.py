@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Write fitted splats out as splat shards (``<key>.splats`` + ``<key>.txt`` + ``<key>.json``),
+for those who want to keep a precomputed corpus: the loader reads such shards directly,
+without fitting.
+
+Walks the source shards in order, takes each sample's splats from the splat cache (fitting
+the ones it lacks with ``--fit-missing``, else skipping them as ``not_cached``) and writes
+them with the caption and metadata. ``.splats`` holds the packed float16 splats (16 bytes a
+splat, :func:`streamfit.splats.pack_params`); the ``.json`` gains
+``"splats": {"height", "width", "count", "fit_settings", "cache_settings"}``.
+
+    python tools/export_splats.py --shards 'shards/{000000..000127}.tar' --cache runs/cache \\
+        --image-size 224 --gaussians 400 --iters 200 --out splat_shards/ --json export.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from streamfit.config import ConfigError, load_config, to_yaml
+from streamfit.data import DataConfig, build_loader, cache_settings
+from streamfit.data.writer import ShardWriter, shard_pattern
+from streamfit.fit import BACKENDS, FitConfig
+
+
+@dataclass
+class ExportConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+
+
+FLAGS = {
+    "shards": "data.shards",
+    "cache": "data.cache_dir",
+    "image_size": "data.image_size",
+    "batch_size": "data.batch_size",
+    "backend": "fit.backend",
+    "device": "fit.device",
+    "gaussians": "fit.gaussians",
+    "iters": "fit.iters",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, ExportConfig]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (data.*, fit.*)")
+    parser.add_argument("--config", help="YAML file with data: and fit: sections (as for training)")
+    parser.add_argument("--shards", help="source shard pattern")
+    parser.add_argument("--cache", help="splat cache directory")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the splat shards")
+    parser.add_argument("--prefix", default="splats", help="shard names: PREFIX-000000.tar")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per splat shard")
+    parser.add_argument("--fit-missing", action="store_true", help="fit samples the cache lacks")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS))
+    parser.add_argument("--device")
+    parser.add_argument("--gaussians", type=int)
+    parser.add_argument("--iters", type=int)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--json", type=Path, help="write the summary here")
+    args = parser.parse_args(argv)
+    overrides = [
+        f"{key}={getattr(args, flag)}"
+        for flag, key in FLAGS.items()
+        if getattr(args, flag) is not None
+    ]
+    # file order, every sample, no pixels: an export is a plain pass over the shards
+    fixed = [
+        "data.shuffle_shards=false",
+        "data.shuffle_buffer=1",
+        "data.yield_rgb=false",
+        "data.log_every=0",
+    ]
+    try:
+        cfg = load_config(ExportConfig, args.config, [*overrides, *args.overrides, *fixed])
+    except (ConfigError, ValueError) as err:
+        parser.error(str(err))
+    if not cfg.data.shards:
+        parser.error("no shards: give --shards or data.shards")
+    if not cfg.data.cache_dir and not args.fit_missing:
+        parser.error("no cache to export from: give --cache, or --fit-missing to fit everything")
+    return args, cfg
+
+
+def export(args: argparse.Namespace, cfg: ExportConfig) -> dict:
+    loader = build_loader(cfg.data, cfg.fit, fit_misses=args.fit_missing)
+    settings = {
+        "fit_settings": cfg.fit.settings_hash(),
+        "cache_settings": cache_settings(cfg.data, cfg.fit),
+    }
+    size = cfg.data.image_size
+    with ShardWriter(args.out, prefix=args.prefix, shard_size=args.shard_size) as writer:
+        for batch in tqdm(loader, desc="export", unit="batch"):
+            splats = batch["splats"]
+            counts = splats.counts().tolist()
+            for b, key in enumerate(batch["keys"]):
+                meta = {
+                    **batch["json"][b],
+                    "splats": {"height": size, "width": size, "count": counts[b], **settings},
+                }
+                writer.write(
+                    key,
+                    {
+                        "splats": splats.pack(b),
+                        "txt": batch["captions"][b].encode(),
+                        "json": json.dumps(meta).encode(),
+                    },
+                )
+    stats = loader.epoch_stats(0)
+    return {
+        "shards": shard_pattern(writer.paths) if writer.paths else "",
+        "n_shards": len(writer.paths),
+        "exported": writer.samples,
+        "from_cache": stats.cache_hits,
+        "fitted": stats.cache_misses if args.fit_missing else 0,
+        "skipped": dict(stats.skipped),
+        "seconds": stats.seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args, cfg = parse_args(argv)
+    print(to_yaml(cfg))
+    summary = export(args, cfg)
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

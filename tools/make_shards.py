@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Write DataComp-style webdataset shards (``<key>.jpg|png|webp`` + ``<key>.txt`` +
+``<key>.json``), from a folder of images with captions or from the synthetic shapes dataset.
+
+    # images with sidecar captions (photo.jpg + photo.txt, optional photo.json)
+    python tools/make_shards.py folder photos/ --out shards/ --shard-size 1000
+    # captions from a table (CSV, TSV or Parquet) of path + caption, paths relative to photos/
+    python tools/make_shards.py folder photos/ --captions captions.csv --out shards/
+    # the procedural shapes dataset: train + heldout shards, classes.json
+    python tools/make_shards.py synthetic --out data/shapes --n-train 4000 --n-heldout 800
+
+Images are stored as they are (no re-encoding); files that do not open as images, lack a
+caption, or are not listed in the table are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from streamfit.data.synthetic import write_synthetic_dataset
+from streamfit.data.writer import ShardWriter, shard_pattern
+
+log = logging.getLogger("make_shards")
+IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
+
+
+def read_caption_table(path: Path, path_column: str, caption_column: str) -> dict[str, str]:
+    """``relative image path -> caption`` from a CSV, TSV or Parquet file."""
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SystemExit("reading Parquet needs pyarrow: pip install pyarrow") from None
+        table = pq.read_table(path, columns=[path_column, caption_column]).to_pydict()
+        rows = zip(table[path_column], table[caption_column], strict=True)
+        return {str(p): str(c) for p, c in rows}
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        missing = {path_column, caption_column} - set(reader.fieldnames or ())
+        if missing:
+            raise SystemExit(f"{path}: no column(s) {sorted(missing)}; has {reader.fieldnames}")
+        return {row[path_column]: row[caption_column] for row in reader}
+
+
+def folder_samples(
+    root: Path, captions: dict[str, str] | None, skipped: Counter[str]
+) -> Iterator[tuple[Path, str, dict]]:
+    """``(image path, caption, extra json)`` for each usable image under ``root``, sorted."""
+    if captions is not None:
+        paths = [root / p for p in captions]
+    else:
+        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    for path in paths:
+        rel = path.relative_to(root).as_posix()
+        if captions is not None:
+            caption = captions[rel]
+        else:
+            sidecar = path.with_suffix(".txt")
+            caption = sidecar.read_text(encoding="utf-8") if sidecar.is_file() else ""
+        if not caption.strip():
+            skipped["no_caption"] += 1
+            log.warning("skipped %s: no caption", rel)
+            continue
+        extra: dict = {}
+        sidecar_json = path.with_suffix(".json")
+        if sidecar_json.is_file():
+            try:
+                extra = json.loads(sidecar_json.read_text(encoding="utf-8"))
+            except ValueError as err:
+                skipped["bad_json"] += 1
+                log.warning("skipped %s: bad json sidecar (%s)", rel, err)
+                continue
+        yield path, caption.strip(), extra
+
+
+def write_folder(args: argparse.Namespace) -> dict:
+    skipped: Counter[str] = Counter()
+    captions = None
+    if args.captions:
+        captions = read_caption_table(args.captions, args.path_column, args.caption_column)
+    writer = ShardWriter(args.out, prefix=args.prefix, shard_size=args.shard_size)
+    samples = list(folder_samples(args.src, captions, skipped))
+    for path, caption, extra in tqdm(samples, desc="shards", unit="image"):
+        rel = path.relative_to(args.src).as_posix()
+        ext = IMAGE_SUFFIXES.get(path.suffix.lower())
+        if ext is None:
+            skipped["unsupported_format"] += 1
+            log.warning("skipped %s: not jpg/png/webp", rel)
+            continue
+        try:
+            data = path.read_bytes()
+            with Image.open(path) as im:
+                width, height = im.size
+                im.verify()  # header and structure, without decoding every pixel
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            skipped["bad_image"] += 1
+            log.warning("skipped %s: %s", rel, err)
+            continue
+        meta = {**extra, "source": rel, "original_width": width, "original_height": height}
+        writer.write(
+            f"{writer.samples:09d}",
+            {ext: data, "txt": caption.encode(), "json": json.dumps(meta).encode()},
+        )
+    paths = writer.close()
+    return {
+        "shards": shard_pattern(paths) if paths else "",
+        "n_shards": len(paths),
+        "samples": writer.samples,
+        "skipped": dict(skipped),
+    }
+
+
+def write_synthetic(args: argparse.Namespace) -> dict:
+    dataset = write_synthetic_dataset(
+        args.out, args.n_train, args.n_heldout, args.image_size, args.shard_size, args.seed
+    )
+    return {
+        "train": dataset.train,
+        "heldout": dataset.heldout,
+        "samples": dataset.n_train + dataset.n_heldout,
+        "classes": len(dataset.classnames),
+        "skipped": {},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="source", required=True)
+    folder = sub.add_parser("folder", help="a folder of images with captions")
+    folder.add_argument("src", type=Path, help="folder of images")
+    folder.add_argument("--captions", type=Path, help="CSV/TSV/Parquet of path + caption")
+    folder.add_argument("--path-column", default="path")
+    folder.add_argument("--caption-column", default="caption")
+    folder.add_argument("--prefix", default="shard", help="shard names: PREFIX-000000.tar")
+    synthetic = sub.add_parser("synthetic", help="the procedural shapes dataset")
+    synthetic.add_argument("--n-train", type=int, default=4000)
+    synthetic.add_argument("--n-heldout", type=int, default=800)
+    synthetic.add_argument("--image-size", type=int, default=64)
+    synthetic.add_argument("--seed", type=int, default=0)
+    for p in (folder, synthetic):
+        p.add_argument("--out", type=Path, required=True, help="output folder")
+        p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+        p.add_argument("--json", type=Path, help="write the summary here")
+    args = parser.parse_args(argv)
+    if args.source == "folder" and not args.src.is_dir():
+        parser.error(f"not a folder: {args.src}")
+    summary = write_folder(args) if args.source == "folder" else write_synthetic(args)
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
