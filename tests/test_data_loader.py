@@ -196,3 +196,17 @@ def test_imagenet_sample_second_epoch_from_cache(tmp_path) -> None:
     first, second = loader.epoch_stats(0), loader.epoch_stats(1)
     assert first.skipped == {} and second.hit_rate == 1.0
     assert second.seconds * 10 < first.seconds, (first.seconds, second.seconds)
+
+
+def test_cached_epoch_decodes_no_pixels(shards: str, tmp_path, monkeypatch) -> None:
+    from streamfit.data.decode import Decoder
+
+    cfg = tiny_data(shards, cache_dir=str(tmp_path / "cache"))
+    assert len(epoch_keys(build_loader(cfg, TINY_FIT))) == 30
+
+    def refuse(self, encoded: bytes):
+        raise AssertionError("a cached sample was decoded")
+
+    monkeypatch.setattr(Decoder, "decode_image", refuse)
+    loader = build_loader(cfg, TINY_FIT)
+    assert len(epoch_keys(loader)) == 30 and loader.epoch_stats(0).hit_rate == 1.0

@@ -228,6 +228,31 @@ class SplatCache:
             self._local.conn = None
 
 
+class CacheProbe:
+    """Read-only "is this id cached under these settings?" for decode workers: picklable
+    (workers may be processes), one connection per thread and process, opened lazily."""
+
+    def __init__(self, path: str | Path, settings: str) -> None:
+        self.path, self.settings = Path(path), settings
+        self._local = threading.local()
+
+    def __contains__(self, cache_id: str) -> bool:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=60.0)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        row = conn.execute(
+            "SELECT 1 FROM splats WHERE key = ? AND settings = ?", (cache_id, self.settings)
+        ).fetchone()
+        return row is not None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"path": self.path, "settings": self.settings}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["path"], state["settings"])  # type: ignore[misc, arg-type]
+
+
 def _valid(blob: bytes, crc: int) -> bool:
     return len(blob) % BYTES_PER_SPLAT == 0 and zlib.crc32(blob) == crc
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from streamfit.data.cache import CacheProbe
 from streamfit.data.shards import CAPTION_EXT, IMAGE_EXTS, JSON_EXT, SPLATS_EXT, RawSample
 from streamfit.splats import BYTES_PER_SPLAT
 
@@ -27,9 +28,11 @@ DECODE_VERSION = 1
 
 @dataclass
 class Decoded:
-    """A usable sample. ``image``: ``[S, S, 3]`` uint8 (None for a splat-shard sample without
-    an image); ``splats``: packed float16 splats of a splat shard (else None); ``content_hash``:
-    hex digest of the encoded image (or splat) bytes."""
+    """A usable sample. ``image``: ``[S, S, 3]`` uint8, or None for a splat-shard sample and
+    for a sample the cache already holds (then ``encoded`` keeps the image bytes, should the
+    entry be evicted before the fit node reads it); ``splats``: packed float16 splats of a
+    splat shard (else None); ``cache_id``: the sample's id in the splat cache (a hex digest
+    of the encoded image or splat bytes, or the sample key)."""
 
     key: str
     shard: str
@@ -37,7 +40,8 @@ class Decoded:
     meta: dict[str, Any]
     image: np.ndarray | None
     splats: bytes | None
-    content_hash: str
+    cache_id: str
+    encoded: bytes | None = None
 
 
 @dataclass
@@ -53,11 +57,17 @@ class Skipped:
 @dataclass(frozen=True)
 class Decoder:
     """Picklable decode function (``image_size`` square output; images above
-    ``max_pixels`` are refused from their header, before any pixel is decoded)."""
+    ``max_pixels`` are refused from their header, before any pixel is decoded).
+
+    With a ``probe`` of the splat cache and no need for RGB, images whose splats are cached
+    are not decoded at all: a cached epoch then costs reading and hashing, not JPEG decoding.
+    """
 
     image_size: int
     max_pixels: int
     need_image: bool = False
+    cache_key: str = "content"  # content | key
+    probe: CacheProbe | None = None
 
     def __call__(self, raw: RawSample) -> Decoded | Skipped:
         try:
@@ -77,20 +87,26 @@ class Decoder:
             if problem:
                 return Skipped(raw.key, raw.shard, "bad_splats", problem)
         image_ext = next((e for e in IMAGE_EXTS if e in raw.members), None)
-        image = None
-        if image_ext is not None and (splats is None or self.need_image):
-            encoded = raw.members[image_ext]
-            try:
-                image = self.decode_image(encoded)
-            except (ImageTooLarge, Image.DecompressionBombError) as err:
-                return Skipped(raw.key, raw.shard, "too_large", str(err))
-            except (OSError, ValueError, SyntaxError) as err:
-                return Skipped(raw.key, raw.shard, "decode_error", f"{type(err).__name__}: {err}")
-        elif self.need_image:
+        if image_ext is None and (self.need_image or splats is None):
             return Skipped(raw.key, raw.shard, "no_image", "RGB requested but the sample has none")
-        digest_of = splats if splats is not None else raw.members[image_ext]  # type: ignore[index]
-        content_hash = hashlib.blake2b(digest_of, digest_size=16).hexdigest()
-        return Decoded(raw.key, raw.shard, caption, meta, image, splats, content_hash)
+        encoded = raw.members[image_ext] if image_ext is not None else b""
+        digest_of = splats if splats is not None else encoded
+        cache_id = raw.key
+        if self.cache_key == "content":
+            cache_id = hashlib.blake2b(digest_of, digest_size=16).hexdigest()
+        sample = Decoded(raw.key, raw.shard, caption, meta, None, splats, cache_id)
+        if splats is not None and not self.need_image:
+            return sample
+        if not self.need_image and self.probe is not None and cache_id in self.probe:
+            sample.encoded = encoded
+            return sample
+        try:
+            sample.image = self.decode_image(encoded)
+        except (ImageTooLarge, Image.DecompressionBombError) as err:
+            return Skipped(raw.key, raw.shard, "too_large", str(err))
+        except (OSError, ValueError, SyntaxError) as err:
+            return Skipped(raw.key, raw.shard, "decode_error", f"{type(err).__name__}: {err}")
+        return sample
 
     def decode_image(self, encoded: bytes) -> np.ndarray:
         """Encoded image -> ``[S, S, 3]`` uint8: shorter side resized to ``S``, centre crop."""

@@ -43,7 +43,7 @@ import logging
 import torch
 from torchdata.nodes import Loader, Mapper, ParallelMapper, Prefetcher
 
-from streamfit.data.cache import SplatCache
+from streamfit.data.cache import CacheProbe, SplatCache
 from streamfit.data.config import DataConfig
 from streamfit.data.decode import DECODE_VERSION, Decoder
 from streamfit.data.nodes import EpochMeter, FitNode, SampleBatcher, Tokenize
@@ -116,7 +116,14 @@ def build_loader(
         split=data_cfg.split,
         stats=stats,
     )
-    decoder = Decoder(data_cfg.image_size, data_cfg.max_image_pixels, need_image=data_cfg.yield_rgb)
+    settings = cache_settings(data_cfg, fit_cfg)
+    decoder = Decoder(
+        data_cfg.image_size,
+        data_cfg.max_image_pixels,
+        need_image=data_cfg.yield_rgb,
+        cache_key=data_cfg.cache_key,
+        probe=CacheProbe(cache.path, settings) if cache is not None else None,
+    )
     decoded = ParallelMapper(
         reader,
         decoder,
@@ -131,9 +138,9 @@ def build_loader(
         fit_cfg,
         backend,
         cache,
-        cache_settings(data_cfg, fit_cfg),
+        settings,
         data_cfg.image_size,
-        data_cfg.cache_key,
+        decoder,
         data_cfg.yield_rgb,
         stats,
         data_cfg.log_every,

@@ -14,7 +14,7 @@ import torch
 from torchdata.nodes import BaseNode
 
 from streamfit.data.cache import SplatCache
-from streamfit.data.decode import Decoded, Skipped
+from streamfit.data.decode import Decoded, Decoder, Skipped
 from streamfit.data.stats import LoaderStats
 from streamfit.fit import FitBackend, FitConfig, fit
 from streamfit.splats import Splats, unpack_params
@@ -79,7 +79,7 @@ class FitNode(BaseNode[dict]):
         cache: SplatCache | None,
         settings: str,
         image_size: int,
-        cache_key: str,
+        decoder: Decoder,
         yield_rgb: bool,
         stats: LoaderStats,
         log_every: int = 1,
@@ -88,7 +88,7 @@ class FitNode(BaseNode[dict]):
         super().__init__()
         self.fit_misses = fit_misses
         self.source, self.fit_cfg, self.backend, self.cache = source, fit_cfg, backend, cache
-        self.settings, self.image_size, self.cache_key = settings, image_size, cache_key
+        self.settings, self.image_size, self.decoder = settings, image_size, decoder
         self.yield_rgb, self.stats, self.log_every = yield_rgb, stats, log_every
         self._batches = 0
 
@@ -111,7 +111,7 @@ class FitNode(BaseNode[dict]):
 
     def _fit_batch(self, samples: list[Decoded], waited: float) -> dict | None:
         start = time.perf_counter()
-        ids = [s.content_hash if self.cache_key == "content" else s.key for s in samples]
+        ids = [s.cache_id for s in samples]
         blobs: list[bytes | None] = [s.splats for s in samples]
         lookup = [i for i, s in enumerate(samples) if s.splats is None]
         if self.cache is not None and lookup:
@@ -124,6 +124,14 @@ class FitNode(BaseNode[dict]):
         if not self.fit_misses:
             for i in misses:
                 self.stats.skip("not_cached", samples[i].shard, samples[i].key)
+        if self.fit_misses:
+            # evicted between the decode worker's probe and this lookup: decode here
+            for i in [i for i in misses if samples[i].image is None]:
+                try:
+                    samples[i].image = self.decoder.decode_image(samples[i].encoded or b"")
+                except (OSError, ValueError, SyntaxError) as err:
+                    self.stats.skip("decode_error", samples[i].shard, samples[i].key, str(err))
+            misses = [i for i in misses if samples[i].image is not None]
         fitted = len(misses) if self.fit_misses else 0
         psnr = float("nan")
         if fitted:
