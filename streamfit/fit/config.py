@@ -28,13 +28,14 @@ class FitConfig:
     init_normalize_color: bool = True  # structured init: undo the grid's overlap brightening
     backend: str = "auto"  # auto | torch | cpu | cuda
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    lr_position: float = 0.5
-    lr_covariance: float = 0.05
+    # tuned for 100-200 iterations at 224x224 x 400 splats on real photos (README)
+    lr_position: float = 1.5
+    lr_covariance: float = 0.15
     lr_color: float = 0.02
     lr_schedule: str = "cosine"  # cosine | constant
-    lr_final_fraction: float = 0.05
+    lr_final_fraction: float = 0.3
     warmup_iters: int = 0
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: tuple[float, float] = (0.8, 0.99)
     l1: float = 0.0
     prune_luminance: float = 0.0  # 0 disables pruning
     prune_start: float = 0.3
