@@ -1,0 +1,54 @@
+"""tools/benchmark_fit.py end to end, tiny: the table, the JSON rows and the plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "benchmark_fit.py"
+FIELDS = (
+    "backend", "batch", "gaussians", "iters", "images_per_s", "ms_per_iter_image", "psnr",
+    "speedup_vs_single", "speedup_vs_torch",
+)  # fmt: skip
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("benchmark_fit", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_benchmark_writes_rows_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rows = _tool().main(
+        [
+            "--device", "cpu", "--backends", "cpu", "--batches", "1,3", "--gaussians", "16",
+            "--size", "24", "--iters", "4", "--single-images", "2", "--torch-images", "1",
+            "--torch-iters", "2", "--shards", "--json", str(out), "--plot", str(tmp_path / "b.png"),
+            "lr_color=0.03",
+        ]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(rows))
+    assert [(r["batch"], r["gaussians"], r["iters"]) for r in saved] == [(1, 16, 4), (3, 16, 4)]
+    for row in saved:
+        assert all(row[k] is not None for k in FIELDS)
+        assert row["images_per_s"] > 0 and row["speedup_vs_single"] > 0
+        assert row["speedup_vs_torch"] > 0 and abs(row["psnr_delta_vs_torch"]) < 0.1
+        assert row["tflops"] is None  # FLOP/s only on a GPU
+    assert (tmp_path / "b.png").stat().st_size > 0
+    assert "x torch" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_clear_errors(capsys):
+    tool = _tool()
+    for argv in (["--batches", "1,x"], ["--iters", "0"], ["no_such_field=1"]):
+        try:
+            tool.parse_args(["--device", "cpu", *argv])
+        except SystemExit as stop:
+            assert stop.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+    assert "error" in capsys.readouterr().err
