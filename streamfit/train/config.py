@@ -1,0 +1,205 @@
+"""The config trees of the training recipes: the data, fitting and model configs of the lower
+layers composed with the run, training-loop and evaluation settings defined here.
+
+``parse_args`` turns ``--config FILE key=value ...`` into a validated tree; ``check_inputs``
+then stops a run at start when a file it needs is missing, naming the key and the path.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from streamfit.config import ConfigError, load_config
+from streamfit.data import DataConfig
+from streamfit.fit import FitConfig
+from streamfit.models import GSModelConfig
+
+T = TypeVar("T")
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class RunConfig:
+    """Where a run lives: ``{dir}/{name}/`` holds config.yaml, metrics.jsonl, tensorboard/,
+    checkpoints/ and summary.json."""
+
+    name: str = "run"
+    dir: str = "runs"
+    seed: int = 0
+    resume: str = "auto"  # auto: the run's latest checkpoint if any | none | a checkpoint dir
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir) / self.name
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop.
+
+    ``lr`` is the base (peak) lr; each parameter group keeps its own multiple of it through
+    warm-up and cosine decay to ``min_lr_ratio`` of its peak. ``batch_size`` per rank lives in
+    ``data.batch_size``; the global batch is ``data.batch_size * grad_accum * world_size``.
+    ``samples_per_epoch`` (all ranks) sizes the schedule; 0 counts the local shards.
+    ``stop_after_steps`` ends this invocation (with a checkpoint) after that many optimiser
+    steps without changing the schedule: a time-boxed job resumes where it stopped.
+    """
+
+    epochs: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_accum: int = 1
+    grad_clip: float = 0.0  # 0: no clipping
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    zero_stage: int = 0
+    samples_per_epoch: int = 0
+    stop_after_steps: int = 0
+    log_every: int = 10  # optimiser steps between log lines
+    eval_every_steps: int = 0  # 0: zero-shot evaluation at the end of every epoch
+    checkpoint_every_steps: int = 0  # 0: at the end of every epoch
+    keep_checkpoints: int = 2
+    peak_tflops: float = 0.0  # per device, for MFU; 0: known GPUs by name, none on CPU
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.grad_accum < 1:
+            raise ValueError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(
+                f"train.zero_stage must be 0, 1 or 2 (each rank evaluates with full weights), "
+                f"got {self.zero_stage}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"train.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        for key in ("warmup_steps", "samples_per_epoch", "stop_after_steps", "log_every"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
+class EvalConfig:
+    """Zero-shot classification on a labelled split (webdataset shards with a ``.cls`` or a
+    ``.json`` ``label``, or an ImageFolder directory).
+
+    ``classnames``: ``imagenet`` (open_clip's list), a ``.txt`` file (one name a line) or a
+    ``.json`` file (a list, or an object with ``classnames`` and optionally ``templates``).
+    ``templates``: ``openai`` / ``simple`` (open_clip's ImageNet sets), a ``.txt`` file of
+    ``str.format`` patterns with ``{}``, or empty: the class file's own, else ``openai``.
+    An empty ``data`` disables evaluation.
+    """
+
+    data: str = ""
+    classnames: str = "imagenet"
+    templates: str = ""
+    batch_size: int = 128
+    max_samples: int = 0  # 0: all
+
+
+@dataclass
+class SyntheticConfig:
+    """The procedural shapes dataset, written to ``dir`` when ``data.shards`` matches nothing
+    and ``generate`` is on (the offline demo)."""
+
+    generate: bool = False
+    dir: str = "data/synthetic"
+    n_train: int = 2000
+    n_heldout: int = 400
+    image_size: int = 64
+    shard_size: int = 500
+    seed: int = 0
+
+
+@dataclass
+class RGBModelConfig:
+    """An open_clip CLIP created by name, optionally with ``model_kwargs`` overrides (a small
+    ``vision_cfg``/``text_cfg``) and weights (``pretrained``: tag or local file)."""
+
+    model_name: str = "ViT-M-16"
+    pretrained: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RGBPretrainConfig:
+    """``recipes/rgb_pretrain.py``: open_clip CLIP trained on RGB batches of the data graph."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="rgb_pretrain"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(yield_rgb=True))
+    model: RGBModelConfig = field(default_factory=RGBModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class AdaptConfig:
+    """``recipes/gsclip_adapt.py``: GS-CLIP trained on splats fitted in the loader.
+
+    With ``model.pretrained`` unset and ``teacher_config`` naming an RGB pre-training config,
+    the teacher is pre-trained first (into ``{run}/teacher``) and its best checkpoint used.
+    """
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="gsclip_adapt"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    model: GSModelConfig = field(default_factory=GSModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    teacher_config: str = ""
+
+
+def parse_args(
+    schema: type[T], argv: Sequence[str] | None = None, default_config: str | None = None
+) -> T:
+    """``[--config FILE] [key=value ...]`` -> a validated ``schema`` instance.
+
+    DeepSpeed's launcher adds ``--local_rank=N``; it is accepted and ignored (the rank comes
+    from the environment). Config errors exit with the message naming the key.
+    """
+    parser = argparse.ArgumentParser(description=schema.__doc__)
+    parser.add_argument("--config", default=default_config, help="YAML config file")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4")
+    args = parser.parse_args(argv)
+    try:
+        return load_config(schema, args.config, args.overrides)
+    except (ConfigError, ValueError) as err:
+        parser.exit(2, f"config error: {err}\n")
+
+
+def check_inputs(cfg: RGBPretrainConfig | AdaptConfig) -> None:
+    """Stop at start, naming the key and path, when a file the run needs does not exist
+    (shards are checked when the loader expands them, classnames here)."""
+    pretrained = cfg.model.pretrained
+    if pretrained and _is_path(pretrained) and not Path(pretrained).is_file():
+        raise ConfigError(f"model.pretrained: teacher checkpoint {pretrained} does not exist")
+    teacher = getattr(cfg, "teacher_config", "")
+    if not pretrained and teacher and not Path(teacher).is_file():
+        raise ConfigError(f"teacher_config: file {teacher} does not exist")
+    if cfg.eval.data:
+        for key in ("classnames", "templates"):
+            value = getattr(cfg.eval, key)
+            if value and _is_path(value) and not Path(value).is_file():
+                raise ConfigError(f"eval.{key}: file {value} does not exist")
+
+
+def _is_path(value: str) -> bool:
+    return "/" in value or Path(value).suffix != ""

@@ -1,0 +1,172 @@
+"""Labelled images for zero-shot evaluation: an ImageFolder directory (classes = sorted
+sub-directories, ImageNet's synset order) or webdataset shards whose samples carry a ``.cls``
+or a ``.json`` ``label``. Images are decoded exactly as the training loader decodes them;
+for GS models their splats come from the training run's cache, fitted (and cached) on a miss.
+
+Each rank reads every ``world_size``-th sample, so a multi-rank evaluation covers the split
+once; the caller sums the per-class tallies over ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamfit.data import DataConfig, SplatCache, cache_settings
+from streamfit.data.decode import Decoder
+from streamfit.data.local_images import IMAGE_SUFFIXES
+from streamfit.data.shards import IMAGE_EXTS, expand_shards, iter_tar_samples, open_shard
+from streamfit.fit import FitBackend, FitConfig, fit
+from streamfit.splats import Splats, unpack_params
+
+logger = logging.getLogger("streamfit.train")
+
+
+@dataclass
+class LabelledBatch:
+    """``labels [B]`` int64 (CPU); ``rgb [B, 3, S, S]`` float32 0..1 on the device, not
+    mean/std normalised; ``splats`` (only when fitting was asked for) on the device."""
+
+    keys: list[str]
+    labels: torch.Tensor
+    rgb: torch.Tensor
+    splats: Splats | None
+    hits: int = 0
+    fitted: int = 0
+
+
+def iter_labelled(
+    source: str, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[str, bytes, int]]:
+    """``(key, encoded image bytes, label)`` of this rank's share of ``source`` (a directory
+    is an ImageFolder; anything else a shard pattern). Samples without an image or a label are
+    skipped with a warning."""
+    index = -1
+    for key, data, label in _iter_all(source):
+        index += 1
+        if index % world_size == rank:
+            yield key, data, label
+
+
+def _iter_all(source: str) -> Iterator[tuple[str, bytes, int]]:
+    root = Path(source)
+    if root.is_dir():
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if not classes:
+            raise FileNotFoundError(f"{source} has no class sub-directories (ImageFolder layout)")
+        for label, name in enumerate(classes):
+            for path in sorted((root / name).iterdir()):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    yield f"{name}/{path.name}", path.read_bytes(), label
+        return
+    for i, shard in enumerate(expand_shards(source)):
+        with open_shard(shard) as stream:
+            for sample in iter_tar_samples(stream, shard, i):
+                image_ext = next((e for e in IMAGE_EXTS if e in sample.members), None)
+                label = _label(sample.members)
+                if image_ext is None or label is None:
+                    logger.warning("eval: sample %s in %s has no image or label", sample.key, shard)
+                    continue
+                yield sample.key, sample.members[image_ext], label
+
+
+def _label(members: dict[str, bytes]) -> int | None:
+    if "cls" in members:
+        return int(members["cls"].decode().strip())
+    if "json" in members:
+        meta = json.loads(members["json"])
+        if isinstance(meta, dict) and "label" in meta:
+            return int(meta["label"])
+    return None
+
+
+class LabelledLoader:
+    """Batches of :class:`LabelledBatch` from ``source``.
+
+    ``fit_cfg``: fit splats (None: RGB only). The cache, when ``data_cfg.cache_dir`` is set,
+    is the training loader's: same keys (content hash or sample key) and settings.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        data_cfg: DataConfig,
+        batch_size: int,
+        device: torch.device,
+        fit_cfg: FitConfig | None = None,
+        backend: FitBackend | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        max_samples: int = 0,
+    ) -> None:
+        self.source, self.data_cfg, self.batch_size, self.device = (
+            source,
+            data_cfg,
+            batch_size,
+            device,
+        )
+        self.fit_cfg, self.backend = fit_cfg, backend
+        self.rank, self.world_size, self.max_samples = rank, world_size, max_samples
+        self.decoder = Decoder(data_cfg.image_size, data_cfg.max_image_pixels, need_image=True)
+        self.cache = (
+            SplatCache(data_cfg.cache_dir, data_cfg.cache_max_bytes)
+            if fit_cfg is not None and data_cfg.cache_dir
+            else None
+        )
+        self.settings = cache_settings(data_cfg, fit_cfg) if fit_cfg is not None else ""
+
+    def __iter__(self) -> Iterator[LabelledBatch]:
+        pending: list[tuple[str, bytes, int]] = []
+        for n, item in enumerate(iter_labelled(self.source, self.rank, self.world_size)):
+            if self.max_samples and n * self.world_size + self.rank >= self.max_samples:
+                break
+            pending.append(item)
+            if len(pending) == self.batch_size:
+                yield self._batch(pending)
+                pending = []
+        if pending:
+            yield self._batch(pending)
+
+    def _batch(self, items: list[tuple[str, bytes, int]]) -> LabelledBatch:
+        images = np.stack([self.decoder.decode_image(data) for _, data, _ in items])
+        rgb = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        batch = LabelledBatch(
+            keys=[k for k, _, _ in items],
+            labels=torch.tensor([label for _, _, label in items]),
+            rgb=rgb,
+            splats=None,
+        )
+        if self.fit_cfg is not None:
+            batch.splats, batch.hits, batch.fitted = self._splats(items, images)
+        return batch
+
+    def _splats(self, items: list[tuple[str, bytes, int]], images: np.ndarray):
+        # The same cache key as the training loader's decoder computes.
+        if self.data_cfg.cache_key == "content":
+            ids = [hashlib.blake2b(data, digest_size=16).hexdigest() for _, data, _ in items]
+        else:
+            ids = [key for key, _, _ in items]
+        blobs = self.cache.get_many(ids, self.settings) if self.cache else [None] * len(items)
+        misses = [i for i, b in enumerate(blobs) if b is None]
+        if misses:
+            pixels = torch.from_numpy(images[misses]).float().div_(255.0)
+            result = fit(pixels, self.fit_cfg, self.backend)
+            fresh = []
+            for j, i in enumerate(misses):
+                # A failed fit still gets evaluated (as an empty splat set): dropping it would
+                # flatter the accuracy.
+                blobs[i] = result.splats.pack(j)
+                if bool(result.ok[j]):
+                    fresh.append((ids[i], blobs[i]))
+            if self.cache and fresh:
+                self.cache.put_many(fresh, self.settings)
+        size = self.data_cfg.image_size
+        splats = Splats.from_list([unpack_params(b) for b in blobs], size, size)
+        return splats.to(self.device), len(items) - len(misses), len(misses)
