@@ -233,7 +233,7 @@ class CacheProbe:
     (workers may be processes), one connection per thread and process, opened lazily."""
 
     def __init__(self, path: str | Path, settings: str) -> None:
-        self.path, self.settings = Path(path), settings
+        self.path, self.settings = Path(path).resolve(), settings
         self._local = threading.local()
 
     def __contains__(self, cache_id: str) -> bool:
