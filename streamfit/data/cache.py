@@ -237,14 +237,15 @@ class CacheProbe:
         self._local = threading.local()
 
     def __contains__(self, cache_id: str) -> bool:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=60.0)
-            self._local.conn, self._local.pid = conn, os.getpid()
-        row = conn.execute(
-            "SELECT 1 FROM splats WHERE key = ? AND settings = ?", (cache_id, self.settings)
-        ).fetchone()
-        return row is not None
+        try:
+            conn = getattr(self._local, "conn", None)
+            if conn is None or self._local.pid != os.getpid():
+                conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=60.0)
+                self._local.conn, self._local.pid = conn, os.getpid()
+            query = "SELECT 1 FROM splats WHERE key = ? AND settings = ?"
+            return conn.execute(query, (cache_id, self.settings)).fetchone() is not None
+        except sqlite3.Error:
+            return False  # only an optimisation: when unsure, decode the image
 
     def __getstate__(self) -> dict[str, object]:
         return {"path": self.path, "settings": self.settings}
