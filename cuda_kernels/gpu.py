@@ -34,6 +34,7 @@ from cuda_kernels import splat_math
 WARP = 32
 # splat indices expanded from the bitmask per round: one bitmask word per lane of one warp
 ROUND_SPLATS = WARP * 32
+MAX_GRID_Y = 65535  # images a launch: the tile kernels' grid is (tiles, images)
 
 _device = cuda.jit(device=True)
 is_finite_splat = _device(splat_math.is_finite_splat)
@@ -352,6 +353,8 @@ def launch_loss_and_grad(
     tiles_x = (width + tile - 1) // tile
     n_tiles = tiles_x * ((height + tile - 1) // tile)
     count = height * width * 3
+    if n_img > MAX_GRID_Y:
+        raise ValueError(f"at most {MAX_GRID_Y} images a launch (the grid's y extent), got {n_img}")
     if n_img * n_spl > 0:
         blocks = (n_img * n_spl + 255) // 256
         project[blocks, 256, stream](
