@@ -26,7 +26,7 @@ def test_cpu_benchmark_writes_rows_and_plot(tmp_path, capsys):
         [
             "--device", "cpu", "--backends", "cpu", "--batches", "1,3", "--gaussians", "16",
             "--size", "24", "--iters", "4", "--single-images", "2", "--torch-images", "1",
-            "--torch-iters", "2", "--shards", "--json", str(out), "--plot", str(tmp_path / "b.png"),
+            "--torch-iters", "2", "--repeats", "2", "--shards", "--json", str(out), "--plot", str(tmp_path / "b.png"),
             "lr_color=0.03",
         ]
     )  # fmt: skip
