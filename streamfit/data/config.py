@@ -42,7 +42,7 @@ class DataConfig:
     cache_max_bytes: int = 8 * 1024**3
     cache_key: str = "content"  # content | key
     yield_rgb: bool = False
-    tokenizer: str = "ViT-B-16"  # any open_clip model name accepted by get_tokenizer
+    tokenizer: str = "ViT-M-16"  # any open_clip model name accepted by get_tokenizer
     context_length: int = 77
     log_every: int = 1  # batches between per-batch timing log lines (0: never)
 
