@@ -210,3 +210,15 @@ def test_cached_epoch_decodes_no_pixels(shards: str, tmp_path, monkeypatch) -> N
     monkeypatch.setattr(Decoder, "decode_image", refuse)
     loader = build_loader(cfg, TINY_FIT)
     assert len(epoch_keys(loader)) == 30 and loader.epoch_stats(0).hit_rate == 1.0
+
+
+def test_cache_failures_cost_time_not_the_run(shards: str, tmp_path, monkeypatch) -> None:
+    import sqlite3
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(SplatCache, "get_many", locked)
+    monkeypatch.setattr(SplatCache, "put_many", locked)
+    loader = build_loader(tiny_data(shards, cache_dir=str(tmp_path / "cache")), TINY_FIT)
+    assert len(epoch_keys(loader)) == 30 and loader.epoch_stats(0).cache_misses == 30

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {
                 "platform": platform.platform(),
                 "processor": platform.processor(),
-                "cpus": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
                 "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             },
             "started": start,

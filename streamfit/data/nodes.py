@@ -5,6 +5,7 @@ root. Each node's state is its source's state, so the reader's small state resum
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -115,9 +116,13 @@ class FitNode(BaseNode[dict]):
         blobs: list[bytes | None] = [s.splats for s in samples]
         lookup = [i for i, s in enumerate(samples) if s.splats is None]
         if self.cache is not None and lookup:
-            for i, blob in zip(
-                lookup, self.cache.get_many([ids[i] for i in lookup], self.settings), strict=True
-            ):
+            try:
+                found = self.cache.get_many([ids[i] for i in lookup], self.settings)
+            except sqlite3.Error as err:
+                # a cache that cannot be read costs fitting time, never the run
+                logger.warning("splat cache lookup failed (%s); fitting the batch", err)
+                found = [None] * len(lookup)
+            for i, blob in zip(lookup, found, strict=True):
                 blobs[i] = blob
         misses = [i for i in lookup if blobs[i] is None]
         hits = len(lookup) - len(misses)
@@ -148,7 +153,12 @@ class FitNode(BaseNode[dict]):
                     s = samples[i]
                     self.stats.skip("fit_failed", s.shard, s.key, "non-finite splats")
             if self.cache is not None and fresh:
-                self.stats.add(cache_evictions=self.cache.put_many(fresh, self.settings))
+                try:
+                    self.stats.add(cache_evictions=self.cache.put_many(fresh, self.settings))
+                except sqlite3.Error as err:
+                    logger.warning(
+                        "splat cache write failed (%s); %d fits not kept", err, len(fresh)
+                    )
             psnr = float(result.psnr[ok].mean()) if bool(ok.any()) else float("nan")
         keep = [i for i, b in enumerate(blobs) if b is not None]
         fit_seconds = time.perf_counter() - start
