@@ -66,7 +66,7 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
 
     # ---- the teacher: given, or pre-trained here first
     teacher_summary: dict = {}
-    if not cfg.model.pretrained:
+    if not cfg.model.pretrained and not cfg.model.from_scratch:
         stage_start = time.perf_counter()
         teacher_summary = pretrain_teacher(cfg, run_dir)
         cfg = replace(cfg, model=replace(cfg.model, pretrained=teacher_summary["best_model"]))
@@ -99,6 +99,7 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
     start_step = state["step"]
     # hits, lookups of the training loader over this invocation
     cache_counts = torch.zeros(2, dtype=torch.float64)
+    seen = open(run_dir / f"samples_rank{rank}.tsv", "a") if cfg.run.record_samples else None
 
     def evaluate() -> dict:
         result, extras = zero_shot(
@@ -161,6 +162,8 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
             cache_counts += torch.tensor(
                 [batch["timing"]["hits"], batch["timing"]["hits"] + batch["timing"]["fitted"]]
             )
+            if seen is not None:
+                seen.writelines(f"{epoch}\t{key}\n" for key in batch["keys"])
             bar.update()
             state["micro_step"] += 1
             if state["micro_step"] % cfg.train.grad_accum:
@@ -189,6 +192,8 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
                 bar.close()
                 checkpoint()
                 print(f"stopped after {step - start_step} steps (train.stop_after_steps)")
+                if seen is not None:
+                    seen.close()
                 return {"stopped_at_step": step}
         bar.close()
         state.update(epoch=epoch + 1, mid_epoch=False)
@@ -227,6 +232,8 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
         write_json(run_dir / "summary.json", summary)
         print_summary(summary, run_dir / "summary.json")
     metrics.close()
+    if seen is not None:
+        seen.close()
     return summary
 
 

@@ -32,6 +32,9 @@ class RunConfig:
     dir: str = "runs"
     seed: int = 0
     resume: str = "auto"  # auto: the run's latest checkpoint if any | none | a checkpoint dir
+    record_samples: bool = (
+        False  # append "epoch<TAB>key" of every trained sample to samples_rank{r}.tsv
+    )
 
     @property
     def path(self) -> Path:
@@ -192,7 +195,8 @@ def check_inputs(cfg: RGBPretrainConfig | AdaptConfig) -> None:
     if pretrained and _is_path(pretrained) and not Path(pretrained).is_file():
         raise ConfigError(f"model.pretrained: teacher checkpoint {pretrained} does not exist")
     teacher = getattr(cfg, "teacher_config", "")
-    if not pretrained and teacher and not Path(teacher).is_file():
+    from_scratch = getattr(cfg.model, "from_scratch", False)
+    if not pretrained and not from_scratch and teacher and not Path(teacher).is_file():
         raise ConfigError(f"teacher_config: file {teacher} does not exist")
     if cfg.eval.data:
         for key in ("classnames", "templates"):

@@ -1,0 +1,135 @@
+"""Integration tests of ``recipes/gsclip_adapt.py``: the real entry point in a subprocess with
+a tiny config. Resume equivalence (N steps straight == N/2, stop, resume, N/2), the atomic
+checkpoint layout, the summary, and the loader state (no sample twice, none missed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from streamfit.data.synthetic import write_synthetic_dataset
+from streamfit.models import load_teacher
+from streamfit.train.checkpoint import save_weights
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "gsclip_adapt.py"
+MODEL_KWARGS = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+N_TRAIN = 48  # 4 shards of 12, batches of 8: 6 batches an epoch
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """A synthetic dataset, a random teacher checkpoint and a tiny config file."""
+    root = tmp_path_factory.mktemp("adapt")
+    data = write_synthetic_dataset(root / "data", N_TRAIN, 16, image_size=16, shard_size=12)
+    teacher = root / "teacher.pt"
+    save_weights(load_teacher("ViT-M-16", None, **MODEL_KWARGS).state_dict(), teacher)
+    config = {
+        "run": {"name": "tiny", "dir": str(root / "runs"), "record_samples": True},
+        "data": {
+            "shards": data.train,
+            "image_size": 16,
+            "batch_size": 8,
+            "shuffle_buffer": 16,
+            "decode_workers": 0,
+            "cache_dir": str(root / "cache"),
+            "context_length": 16,
+            "tokenizer": "ViT-M-16",
+            "log_every": 0,
+        },
+        "fit": {"gaussians": 16, "iters": 3, "backend": "torch"},
+        "model": {
+            "model_name": "ViT-M-16",
+            "pretrained": str(teacher),
+            "model_kwargs": MODEL_KWARGS,
+            "num_tokens": 8,
+            "latent_dim": 32,
+            "stem_dim": 32,
+            "resampler_layers": 1,
+            "resampler_heads": 2,
+            "unfrozen_blocks": 1,
+        },
+        "train": {"epochs": 2, "lr": 1e-3, "warmup_steps": 2, "log_every": 1, "progress": False},
+        "eval": {"data": data.heldout, "classnames": str(root / "data" / "classes.json")},
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return {"root": root, "config": path, "data": data}
+
+
+def run_recipe(config: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return subprocess.run(
+        [sys.executable, str(RECIPE), "--config", str(config), *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    tag = (run_dir / "checkpoints" / "latest").read_text().strip()
+    states = torch.load(
+        run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False
+    )
+    return states["module"]
+
+
+def test_resume_gives_the_same_parameters_as_a_straight_run(tiny):
+    straight = run_recipe(tiny["config"], "run.name=straight")
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    # 12 steps in all: stop after 5 (mid-epoch 0), then resume to the end
+    first = run_recipe(tiny["config"], "run.name=resumed", "train.stop_after_steps=5")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "stopped after 5 steps" in first.stdout
+    second = run_recipe(tiny["config"], "run.name=resumed")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+
+    a = final_params(tiny["root"] / "runs" / "straight")
+    b = final_params(tiny["root"] / "runs" / "resumed")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+    # every training sample exactly once per epoch, across the interruption
+    for name in ("straight", "resumed"):
+        rows = (tiny["root"] / "runs" / name / "samples_rank0.tsv").read_text().split()
+        per_epoch = Counter(zip(rows[::2], rows[1::2], strict=True))
+        assert set(per_epoch.values()) == {1}
+        assert Counter(epoch for epoch, _ in per_epoch) == {"0": N_TRAIN, "1": N_TRAIN}
+
+    # the loss curve continues: the resumed run logged each step once, 1..12
+    records = [
+        json.loads(line)
+        for line in (tiny["root"] / "runs" / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 13))
+
+    # the summary of a finished run, and atomic checkpoints: latest names a complete one
+    summary = json.loads((tiny["root"] / "runs" / "resumed" / "summary.json").read_text())
+    for key in ("gs_top1", "chance_top1", "compression_ratio", "splats_per_image", "wall_seconds"):
+        assert summary[key] is not None, key
+    assert summary["chance_top1"] == pytest.approx(1 / 16)
+    assert summary["compression_ratio"] == pytest.approx(16 * 16 * 3 / (16 * 16))
+    ckpts = tiny["root"] / "runs" / "resumed" / "checkpoints"
+    tag = (ckpts / "latest").read_text().strip()
+    assert {"loader_rank000.pt", "config.yaml", "mp_rank_00_model_states.pt"} <= {
+        p.name for p in (ckpts / tag).iterdir()
+    }
+    assert not list(ckpts.glob(".tmp-*"))
+    assert str(tiny["root"] / "runs" / "resumed" / "summary.json") in second.stdout.splitlines()[-1]

@@ -1,0 +1,161 @@
+"""Zero-shot top-1/top-5 of an RGB or a GS-CLIP checkpoint on a labelled split (ImageNet-1k
+validation as an ImageFolder, or webdataset shards with a ``.cls`` or ``.json`` label), with
+open_clip's class names and templates or any class list from a file. GS models get their
+splats fitted on the fly, through the run's splat cache.
+
+    python tools/zeroshot_eval.py --run runs/tiny_cpu --data 'data/synthetic/heldout-*.tar' \
+        --classnames data/synthetic/classes.json --json out.json --per-class-csv classes.csv
+    python tools/zeroshot_eval.py --run runs/rgb --data /datasets/imagenet/val      # ImageNet
+    python tools/zeroshot_eval.py --model ViT-B-32 --pretrained openai --data /datasets/imagenet/val
+
+``--run DIR`` takes a run directory (its ``config.yaml``; an RGB run's ``best_model.pt``,
+else the latest checkpoint), ``--checkpoint DIR`` one checkpoint directory, ``--model`` a plain
+open_clip model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import yaml
+from open_clip.model import get_model_preprocess_cfg
+
+from streamfit.config import load_config
+from streamfit.data import DataConfig
+from streamfit.fit import get_backend
+from streamfit.models import build_gs_clip, load_teacher
+from streamfit.train.checkpoint import LATEST
+from streamfit.train.config import AdaptConfig, EvalConfig, RGBPretrainConfig
+from streamfit.train.run import setup_logging, write_json, zero_shot, zero_shot_setup
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run directory (config.yaml + weights)")
+    src.add_argument("--checkpoint", help="checkpoint directory (step-N with config.yaml)")
+    src.add_argument("--model", help="open_clip model name (RGB)")
+    p.add_argument("--pretrained", help="with --model: open_clip tag or weights file")
+    p.add_argument("--model-kwargs", default="{}", help="with --model: JSON config overrides")
+    p.add_argument("--data", required=True, help="ImageFolder directory or shard pattern")
+    p.add_argument("--classnames", default="imagenet", help="imagenet | .txt | .json file")
+    p.add_argument("--templates", default="", help="openai | simple | .txt file (default: auto)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-samples", type=int, default=0, help="0: all")
+    p.add_argument("--cache-dir", help="GS: splat cache (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--per-class-csv", help="write per-class top-1 here")
+    return p.parse_args(argv)
+
+
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, AdaptConfig | None]:
+    """(model in eval mode on the CPU, the data settings to decode with, the GS config or
+    None for RGB models)."""
+    if args.model:
+        model = load_teacher(args.model, args.pretrained, **json.loads(args.model_kwargs))
+        size = get_model_preprocess_cfg(model)["size"]
+        data = DataConfig(
+            image_size=size if isinstance(size, int) else size[0],
+            tokenizer=args.model,
+            context_length=model.context_length,
+        )
+        return model.eval(), data, None
+    config_path, weights = _locate(Path(args.run or args.checkpoint), bool(args.run))
+    is_gs = "fit" in yaml.safe_load(config_path.read_text())
+    if is_gs:
+        cfg = load_config(AdaptConfig, config_path)
+        model = build_gs_clip(replace(cfg.model, pretrained=None, from_scratch=False))
+        data = cfg.data
+    else:
+        rgb = load_config(RGBPretrainConfig, config_path)
+        model = load_teacher(rgb.model.model_name, None, **rgb.model.model_kwargs)
+        data, cfg = rgb.data, None
+    state = _read_weights(weights)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.eval(), data, cfg
+
+
+def _locate(path: Path, is_run: bool) -> tuple[Path, Path]:
+    """(config.yaml, weights: a state-dict file or a DeepSpeed checkpoint directory)."""
+    if is_run:
+        if (path / "best_model.pt").is_file():
+            return path / "config.yaml", path / "best_model.pt"
+        latest = path / "checkpoints" / LATEST
+        if not latest.is_file():
+            sys.exit(f"error: --run {path}: no best_model.pt and no checkpoints/{LATEST}")
+        path = path / "checkpoints" / latest.read_text().strip()
+    if not (path / "config.yaml").is_file():
+        sys.exit(f"error: {path} has no config.yaml (not a streamfit run or checkpoint)")
+    return path / "config.yaml", path
+
+
+def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    if weights.is_dir():
+        # DeepSpeed's model states: pickled by DeepSpeed itself, not a plain tensor file
+        states = torch.load(weights / "mp_rank_00_model_states.pt", weights_only=False)
+        return states["module"]
+    return torch.load(weights, weights_only=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    setup_logging(0)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    model, data_cfg, gs_cfg = load_model(args)
+    model.to(device)
+    if args.cache_dir is not None:
+        data_cfg = replace(data_cfg, cache_dir=args.cache_dir)
+    setup = zero_shot_setup(
+        EvalConfig(args.data, args.classnames, args.templates, args.batch_size, args.max_samples)
+    )
+    if gs_cfg is not None:
+
+        def encode(batch):
+            return model.encode_splats(batch.splats, normalize=True)
+
+        fit_cfg = replace(gs_cfg.fit, device=str(device))
+        backend = get_backend(fit_cfg.backend, str(device))
+    else:
+        pre = get_model_preprocess_cfg(model)
+        mean = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1)
+        std = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1)
+
+        def encode(batch):
+            return model.encode_image((batch.rgb - mean) / std, normalize=True)
+
+        fit_cfg = backend = None
+    result, extras = zero_shot(model, encode, setup, data_cfg, device, 0, 1, fit_cfg, backend)
+    out = {**result.to_dict(), **extras, "model": "gs" if gs_cfg else "rgb", "data": args.data}
+    rows = [
+        ("top-1", f"{100 * result.top1:.2f}%"),
+        ("top-5", f"{100 * result.top5:.2f}%"),
+        ("chance top-1", f"{100 * result.chance_top1:.2f}%"),
+        ("samples", str(result.samples)),
+        ("classes", str(len(result.classnames))),
+    ]
+    if "splats_per_image" in extras:
+        rows += [
+            ("splats per image", f"{extras['splats_per_image']:.1f}"),
+            ("compression ratio", f"{extras['compression_ratio']:.1f}x"),
+            ("cache hit rate", f"{100 * extras['cache_hit_rate']:.1f}%"),
+        ]
+    print("\n".join(f"{name:<18}{value:>10}" for name, value in rows))
+    if args.json:
+        write_json(args.json, out)
+        print(f"json: {args.json}")
+    if args.per_class_csv:
+        result.write_per_class_csv(args.per_class_csv)
+        print(f"per-class csv: {args.per_class_csv}")
+    return {**out, "per_class_top1": result.per_class_top1}
+
+
+if __name__ == "__main__":
+    main()
