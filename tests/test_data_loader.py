@@ -187,7 +187,7 @@ def test_imagenet_sample_second_epoch_from_cache(tmp_path) -> None:
         cache_dir=str(tmp_path / "cache"),
         log_every=0,
     )
-    fit_cfg = FitConfig(gaussians=16, iters=30, backend="cpu")
+    fit_cfg = FitConfig(gaussians=16, iters=15, backend="cpu")
     loader = build_loader(cfg, fit_cfg)
     batch = next(iter(loader))
     assert batch["splats"].params.shape[0] == 50 and batch["tokens"].shape == (50, 77)
