@@ -222,3 +222,15 @@ def test_cache_failures_cost_time_not_the_run(shards: str, tmp_path, monkeypatch
     monkeypatch.setattr(SplatCache, "put_many", locked)
     loader = build_loader(tiny_data(shards, cache_dir=str(tmp_path / "cache")), TINY_FIT)
     assert len(epoch_keys(loader)) == 30 and loader.epoch_stats(0).cache_misses == 30
+
+
+def test_set_epoch_starts_that_epoch(shards: str) -> None:
+    cfg = tiny_data(shards)
+    loader = build_loader(cfg, TINY_FIT)
+    next(iter(loader))  # part of epoch 0, then abandoned
+    loader.set_epoch(3)
+    batches = list(loader)
+    assert {b["epoch"] for b in batches} == {3} and loader.epoch == 3
+    assert [k for b in batches for k in b["keys"]] == epoch_keys(
+        build_loader(cfg, TINY_FIT, epoch=3)
+    )
