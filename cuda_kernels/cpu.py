@@ -1,16 +1,22 @@
 """CPU kernels: the tile algorithm of :mod:`cuda_kernels.gpu` with ``numba.njit`` and
 ``prange``, parallel over (image, tile) pairs.
 
-A fitting iteration is three calls: :func:`project` (per splat: inverse factors and the pixel
-box of its cut-off footprint), :func:`bin_tiles` (per image: a CSR list of the splats touching
-each tile), :func:`raster_tiles` (per (image, tile): forward image, squared error, and, for
-the backward pass, the tile's partial gradient of every splat in its list, written to that
-list entry), then :func:`reduce_tiles` sums the partials of each image's entries (one thread
-per image, so no two threads add into the same splat).
+A loss-and-gradient evaluation is four calls: :func:`project` (per splat: inverse factors and
+the pixel box of its cut-off footprint), :func:`bin_tiles` (per image: CSR lists of the
+splats touching each tile; on a CPU the list lengths cost nothing to read, so the GPU's
+fixed-size bitmask is not needed), :func:`raster_tiles` (per (image, tile): forward image,
+squared error and, while the tile is in cache, the tile's partial gradient of every splat in
+its list, written to that list entry; each splat visits only its box's pixels), and
+:func:`reduce_tiles` (one thread per image sums its entries' partials, so no two threads add
+into the same splat).
 
 Shapes (``B`` images, ``N`` splats, ``H x W`` pixels, ``T`` tiles, ``E`` list entries):
 ``params [B, N, 8]`` float32, ``mask [B, N]`` bool, ``target``/``image [B, H, W, 3]``
 float32, all C-contiguous NumPy arrays (zero-copy views of CPU tensors).
+
+Compiled code is cached on disk (``cache=True``), keyed on this file: after editing
+:mod:`cuda_kernels.splat_math` alone, delete ``cuda_kernels/__pycache__`` (Numba does not
+track the functions it inlines from other files).
 """
 
 import numpy as np

@@ -336,8 +336,8 @@ def build(tile: int) -> SimpleNamespace:
 
 
 def launch_loss_and_grad(
-    params, mask, target, tile, qcut, proj, bits, bad, image, loss, grad, stream=0
-):
+    params, mask, target, tile: int, qcut: float, proj, bits, bad, image, loss, grad, stream=0
+) -> None:
     """Render, MSE and its gradient for a batch, entirely on the device.
 
     ``params [B, N, 8]`` f32, ``mask [B, N]`` bool, ``target [B, H, W, 3]`` f32 (or an empty
@@ -370,7 +370,17 @@ def launch_loss_and_grad(
         )
 
 
-def launch_adam(params, grad, exp_avg, exp_avg_sq, lr, betas, step, eps, stream=0):
+def launch_adam(
+    params,
+    grad,
+    exp_avg,
+    exp_avg_sq,
+    lr,
+    betas: tuple[float, float],
+    step: int,
+    eps: float,
+    stream=0,
+) -> None:
     """Adam on flat ``[B * N * 8]`` float32 arrays (views of the ``[B, N, 8]`` tensors)."""
     size = params.shape[0]
     if size == 0:
