@@ -219,3 +219,12 @@ def test_fit_drops_non_finite_image_and_continues(backend):
     assert result.dropped == [1] and torch.isnan(result.psnr[1])
     assert result.splats.counts().tolist() == [16, 0, 16]
     torch.testing.assert_close(result.psnr[[0, 2]], clean.psnr[[0, 2]])
+
+
+def test_images_of_different_sizes_are_a_clear_error(backend):
+    """A batch is one ``[B, H, W, 3]`` tensor: differently sized images cannot be mixed."""
+    with pytest.raises(ValueError, match=r"\[B, H, W, 3\]"):
+        fit([torch.rand(8, 8, 3), torch.rand(9, 8, 3)], FitConfig(gaussians=4, iters=1), backend)
+    params, mask = random_splats(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="disagree"):
+        backend.render(params, mask[:, :2], 8, 8)
