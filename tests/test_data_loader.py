@@ -3,6 +3,7 @@ input counted and skipped, real photos from imagenet-sample."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import struct
@@ -94,6 +95,7 @@ def test_resume_is_exact_with_two_ranks(shards: str, stop_batches: int) -> None:
         state = json.loads(json.dumps(run.state_dict()))  # what a checkpoint would hold
         assert len(json.dumps(state)) < 4000
         del run  # the killed run
+        gc.collect()  # here, not in one of its own threads (which cannot join themselves)
         resumed = build_loader(cfg, TINY_FIT, rank=rank, world_size=2)
         resumed.load_state_dict(state)
         rest = epoch_keys(resumed)
