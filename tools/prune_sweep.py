@@ -10,6 +10,12 @@ Fits the same images once per threshold (and optional L1 weight) and prints a ta
 
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads of torch and of the Numba kernels share the cores; spinning ones steal
+# them from the threads doing work. Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import itertools
 import json
