@@ -83,3 +83,15 @@ def test_resume_does_not_reread_consumed_shards(shards: list[str], tmp_path) -> 
     rest = keys(resumed)
     assert len(head) + len(rest) == 50 and not set(head) & set(rest)
     assert resumed.stats.current.skipped == {}
+
+
+def test_truncated_shard_counted_once_across_ranks(shards: list[str], tmp_path) -> None:
+    cut = tmp_path / "cut.tar"
+    data = open(shards[0], "rb").read()
+    cut.write_bytes(data[: len(data) // 3])
+    totals = 0
+    for rank in range(2):
+        reader = ShardReader([str(cut), *shards[1:]], rank=rank, world_size=2, split="sample")
+        keys(reader)
+        totals += reader.stats.current.skipped.get("truncated_shard", 0)
+    assert totals == 1

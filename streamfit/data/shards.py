@@ -112,7 +112,8 @@ def iter_tar_samples(
     """Samples of a tar stream that starts at ``base_offset`` of the shard, in file order.
 
     Stops after ``limit`` samples when given. A tar cut short raises :class:`TruncatedShard`
-    after the last complete sample; the incomplete one is never yielded.
+    after the last complete sample; the incomplete one is never yielded. (A stream that cannot
+    seek is trusted to its last header: a cut between two members goes unnoticed there.)
     """
     key: str | None = None
     members: dict[str, bytes] = {}
@@ -139,10 +140,22 @@ def iter_tar_samples(
                     )
                 members[ext] = data
         end = base_offset + tar.offset
+        seekable = getattr(stream, "seekable", lambda: False)()
+        if key is not None and seekable and not _end_marker_at(stream, end):
+            # tarfile ends quietly when a shard is cut inside or just before a header, so
+            # the last sample may be missing members: without the marker it is not trusted
+            raise tarfile.ReadError("no end-of-archive marker")
     except (tarfile.ReadError, EOFError, OSError) as err:
         raise TruncatedShard(shard, key or "<none>", str(err)) from err
     if key is not None:
         yield RawSample(key, shard, (shard_index, start), members, end)
+
+
+def _end_marker_at(stream: BinaryIO, offset: int) -> bool:
+    """Whether a zero block (a tar's end-of-archive marker) starts at ``offset``."""
+    stream.seek(offset)
+    block = stream.read(tarfile.BLOCKSIZE)
+    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
 
 
 def read_sample_at(shard: str, shard_index: int, offset: int) -> RawSample:
@@ -274,7 +287,8 @@ class ShardReader(BaseNode[RawSample]):
                 try:
                     handle = open_shard(shard, self._offset)
                 except (OSError, EOFError) as err:
-                    self.stats.skip("unreadable_shard", shard, "<shard>", str(err))
+                    if self._owns(self._shard):
+                        self.stats.skip("unreadable_shard", shard, "<shard>", str(err))
                     self._next_shard()
                     continue
                 self._stream = self._samples(handle, shard)
@@ -301,7 +315,13 @@ class ShardReader(BaseNode[RawSample]):
                         continue
                     yield sample
             except TruncatedShard as err:
-                self.stats.skip("truncated_shard", shard, err.key, err.detail)
+                if self._owns(self._seen):
+                    self.stats.skip("truncated_shard", shard, err.key, err.detail)
+
+    def _owns(self, index: int) -> bool:
+        """Whether this rank reports a problem of a shard every rank reads (``split="sample"``),
+        so that skip counts summed over ranks count each problem once."""
+        return self.split == "shard" or index % self.world_size == self.rank
 
     def _next_shard(self) -> None:
         self._shard += 1
