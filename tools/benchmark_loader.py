@@ -96,23 +96,10 @@ def run(args: argparse.Namespace, cfg: BenchConfig) -> list[dict]:
             progress.update(len(batch["keys"]))
         progress.close()
         stats = loader.epoch_stats(epoch)
-        results.append(
-            {
-                "epoch": epoch,
-                "samples": stats.samples,
-                "skipped": dict(stats.skipped),
-                "cache_hits": stats.cache_hits,
-                "cache_misses": stats.cache_misses,
-                "cache_hit_rate": stats.hit_rate,
-                "cache_evictions": stats.cache_evictions,
-                "precomputed": stats.precomputed,
-                "seconds": stats.seconds,
-                "samples_per_s": stats.samples / stats.seconds if stats.seconds else 0.0,
-                "fit_seconds": stats.fit_seconds,
-                "data_wait_seconds": stats.data_wait_seconds,
-                "consumer_wait_seconds": stats.consumer_wait_seconds,
-            }
-        )
+        row = stats.to_dict()
+        row["samples_per_s"] = stats.samples / stats.seconds if stats.seconds else 0.0
+        row["cache_hit_rate"] = row.pop("hit_rate")
+        results.append(row)
     return results
 
 

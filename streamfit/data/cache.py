@@ -25,7 +25,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from streamfit.splats import BYTES_PER_SPLAT
@@ -73,9 +73,6 @@ class CacheCounters:
     writes: int = 0
     evictions: int = 0
     corrupt: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 class SplatCache:

@@ -101,7 +101,3 @@ class LoaderStats:
         with self._lock:
             for name, value in counts.items():
                 setattr(self.current, name, getattr(self.current, name) + value)
-
-    def seconds_so_far(self) -> float:
-        with self._lock:
-            return 0.0 if self._started is None else time.perf_counter() - self._started
