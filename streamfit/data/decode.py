@@ -110,25 +110,7 @@ class Decoder:
 
     def decode_image(self, encoded: bytes) -> np.ndarray:
         """Encoded image -> ``[S, S, 3]`` uint8: shorter side resized to ``S``, centre crop."""
-        size = self.image_size
-        with Image.open(io.BytesIO(encoded)) as im:
-            width, height = im.size
-            if width < 1 or height < 1:
-                raise ValueError(f"image has no pixels ({width}x{height})")
-            if width * height > self.max_pixels:
-                raise ImageTooLarge(f"{width}x{height} pixels exceeds {self.max_pixels}")
-            short = min(width, height)
-            # JPEG: let libjpeg decode at a reduced scale (still >= S on the shorter side),
-            # much faster than full decode + resize for large photos
-            im.draft("RGB", (math.ceil(width * size / short), math.ceil(height * size / short)))
-            rgb = im.convert("RGB")
-        width, height = rgb.size
-        short = min(width, height)
-        left, top = (width - short) / 2, (height - short) / 2
-        out = rgb.resize(
-            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + short, top + short)
-        )
-        return np.asarray(out, dtype=np.uint8)
+        return decode_image(encoded, self.image_size, self.max_pixels)
 
     def _check_splats(self, blob: bytes, meta: dict[str, Any]) -> str:
         if not blob or len(blob) % BYTES_PER_SPLAT:
@@ -140,6 +122,33 @@ class Decoder:
         if not np.isfinite(np.frombuffer(blob, dtype="<f2")).all():
             return "non-finite splat parameters"
         return ""
+
+
+def decode_image(encoded: bytes, size: int | None, max_pixels: int) -> np.ndarray:
+    """Encoded image -> ``[S, S, 3]`` uint8 RGB: shorter side resized to ``size`` (bicubic),
+    centre crop; ``size=None`` keeps the image as it is. Greyscale, palette and RGBA images
+    become RGB (alpha dropped). Raises :class:`ImageTooLarge` from the header alone, and
+    PIL's ``OSError``/``ValueError``/``SyntaxError`` for undecodable bytes."""
+    with Image.open(io.BytesIO(encoded)) as im:
+        width, height = im.size
+        if width < 1 or height < 1:
+            raise ValueError(f"image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"{width}x{height} pixels exceeds {max_pixels}")
+        if size is not None:
+            short = min(width, height)
+            # JPEG: let libjpeg decode at a reduced scale (still >= size on the shorter side),
+            # much faster than full decode + resize for large photos
+            im.draft("RGB", (math.ceil(width * size / short), math.ceil(height * size / short)))
+        rgb = im.convert("RGB")
+    if size is not None:
+        width, height = rgb.size
+        short = min(width, height)
+        left, top = (width - short) / 2, (height - short) / 2
+        rgb = rgb.resize(
+            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + short, top + short)
+        )
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 class ImageTooLarge(ValueError):

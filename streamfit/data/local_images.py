@@ -3,7 +3,6 @@ tensors: what the offline tools (fitting, sweeps) read. Bad files are skipped an
 
 from __future__ import annotations
 
-import io
 import logging
 import tarfile
 from collections import Counter
@@ -15,12 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from streamfit.data.config import DataConfig
+from streamfit.data.decode import ImageTooLarge, decode_image
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-# Refuse decompression bombs before decoding: a header claiming more pixels than this is a
-# bad sample, not a reason to allocate gigabytes.
-MAX_PIXELS = 64_000_000
+MAX_PIXELS = DataConfig.max_image_pixels
 
 
 class BadImage(ValueError):
@@ -28,38 +28,18 @@ class BadImage(ValueError):
 
 
 def decode_rgb(data: bytes, size: int | None) -> torch.Tensor:
-    """Encoded image bytes -> ``[size, size, 3]`` float32 in 0..1 on the CPU.
-
-    Greyscale, palette and RGBA images are converted to RGB (alpha dropped, as over black).
-    The shorter side is resized to ``size`` (bicubic, with antialiasing) and the centre cropped;
-    ``size=None`` keeps the original size. Raises :class:`BadImage` for anything undecodable.
-    """
+    """Encoded image bytes -> ``[size, size, 3]`` float32 in 0..1 on the CPU, decoded as the
+    data graph decodes (:func:`streamfit.data.decode.decode_image`); ``size=None`` keeps the
+    original size. Raises :class:`BadImage` for anything undecodable."""
     if not data:
         raise BadImage("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise BadImage(f"{width}x{height} exceeds the {MAX_PIXELS} pixel limit")
-            img.load()
-            rgb = img.convert("RGB")
-    except BadImage:
-        raise
-    except Exception as err:  # PIL raises many types for corrupt data
+        array = decode_image(data, size, MAX_PIXELS)
+    except (ImageTooLarge, Image.DecompressionBombError) as err:
+        raise BadImage(f"too large: {err}") from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise BadImage(f"cannot decode: {err}") from None
-    if size is not None:
-        rgb = resize_center_crop(rgb, size)
-    return torch.from_numpy(np.array(rgb, dtype=np.float32) / 255.0)
-
-
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size``, then crop the central ``size x size`` square."""
-    width, height = img.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=None)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(array.astype(np.float32) / 255.0)
 
 
 @dataclass
