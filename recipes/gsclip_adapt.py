@@ -13,8 +13,13 @@ accuracies and writes it as ``{run}/summary.json``.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+
+# Fitting threads (Numba) and training threads (torch) share the cores: idle OpenMP workers
+# must sleep rather than spin. Set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dataclasses import replace
 from pathlib import Path
 

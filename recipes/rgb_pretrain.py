@@ -11,10 +11,15 @@ With no ``--config`` it trains the small CPU teacher of the offline demo.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+# Loader threads and training threads share the cores: idle OpenMP workers must sleep rather
+# than spin. Set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 from open_clip.model import get_model_preprocess_cfg
