@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
     parser.add_argument(
         "--record-at", default="", help="also report mean PSNR at these iterations, e.g. 50,100"
     )
-    args = parser.parse_args(argv)
+    # intermixed: key=value overrides may follow the flags
+    args = parser.parse_intermixed_args(argv)
     overrides = [s for s in args.inputs if "=" in s and not Path(s).exists()]
     args.inputs = [Path(s) for s in args.inputs if s not in overrides]
     flags = {
