@@ -91,6 +91,7 @@ def test_fit_images_reads_shards_and_limits(tmp_path):
                 "2",
                 "--json",
                 str(out),
+                "init_normalize_color=false",  # key=value overrides may follow the flags
             ]
         )
         == 0
