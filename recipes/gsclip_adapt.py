@@ -13,6 +13,7 @@ accuracies and writes it as ``{run}/summary.json``.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -76,6 +77,11 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
         teacher_summary = pretrain_teacher(cfg, run_dir)
         cfg = replace(cfg, model=replace(cfg.model, pretrained=teacher_summary["best_model"]))
         stages["rgb_pretrain"] = time.perf_counter() - stage_start
+    elif cfg.model.pretrained and Path(cfg.model.pretrained).is_file():
+        # a teacher from rgb_pretrain.py: its run's summary holds its zero-shot accuracy
+        teacher_run = Path(cfg.model.pretrained).parent / "summary.json"
+        if teacher_run.is_file():
+            teacher_summary = json.loads(teacher_run.read_text())
     torch.manual_seed(cfg.run.seed)
 
     # ---- model, data, engine
@@ -120,7 +126,8 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
         )
         values = {**result.to_dict(), **extras, "epoch": state["epoch"]}
         metrics.log(state["step"], "eval", values)
-        print(f"eval step {state['step']}: top-1 {result.top1:.3f} top-5 {result.top5:.3f}")
+        if rank == 0:
+            print(f"eval step {state['step']}: top-1 {result.top1:.3f} top-5 {result.top5:.3f}")
         state["last_eval"] = values
         return values
 
@@ -148,6 +155,7 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
     )
     losses: list[float] = []
     checkpoint_due = False
+    every = cfg.train.checkpoint_every_steps
     stage_start = time.perf_counter()
 
     # ---- the loop
@@ -189,7 +197,6 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
                 losses.clear()
             if cfg.train.eval_every_steps and step % cfg.train.eval_every_steps == 0 and zs:
                 evaluate()
-            every = cfg.train.checkpoint_every_steps
             if checkpoint_due or (every and step % every == 0):
                 checkpoint()
                 checkpoint_due = False
@@ -206,10 +213,10 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
             evaluate()
         # A checkpoint mid-accumulation would lose the accumulated gradients: wait for the
         # next optimiser step.
-        if state["micro_step"] % cfg.train.grad_accum == 0:
-            checkpoint()
-        else:
+        if state["micro_step"] % cfg.train.grad_accum:
             checkpoint_due = True
+        elif not (every and state["step"] % every == 0):  # not just written by the step above
+            checkpoint()
     stages["gs_adapt"] = time.perf_counter() - stage_start
     stages["gs_fitting_in_loader"] = sum(e.fit_seconds for e in loader.stats.epochs.values())
 
@@ -247,8 +254,6 @@ def pretrain_teacher(cfg: AdaptConfig, run_dir: Path) -> dict:
     taken as it is when that run already finished)."""
     done = run_dir / "teacher" / "summary.json"
     if done.is_file():
-        import json
-
         summary = json.loads(done.read_text())
         print(f"teacher: reusing {summary['best_model']} (top-1 {summary['best_top1']})")
         return summary

@@ -113,7 +113,8 @@ def train(cfg: RGBPretrainConfig) -> dict:
         )
         values = {**result.to_dict(), **extras, "epoch": state["epoch"]}
         metrics.log(state["step"], "eval", values)
-        print(f"eval step {state['step']}: top-1 {result.top1:.3f} top-5 {result.top5:.3f}")
+        if rank == 0:
+            print(f"eval step {state['step']}: top-1 {result.top1:.3f} top-5 {result.top5:.3f}")
         if result.top1 > state["best_top1"]:
             state["best_top1"] = result.top1
             if rank == 0:
@@ -140,6 +141,7 @@ def train(cfg: RGBPretrainConfig) -> dict:
     )
     losses: list[float] = []
     checkpoint_due = False
+    every = cfg.train.checkpoint_every_steps
 
     # ---- the loop
     for epoch in range(state["epoch"], cfg.train.epochs):
@@ -175,7 +177,6 @@ def train(cfg: RGBPretrainConfig) -> dict:
                 losses.clear()
             if cfg.train.eval_every_steps and step % cfg.train.eval_every_steps == 0 and zs:
                 evaluate()
-            every = cfg.train.checkpoint_every_steps
             if checkpoint_due or (every and step % every == 0):
                 checkpoint()
                 checkpoint_due = False
@@ -190,10 +191,10 @@ def train(cfg: RGBPretrainConfig) -> dict:
             evaluate()
         # A checkpoint mid-accumulation would lose the accumulated gradients: wait for the
         # next optimiser step.
-        if state["micro_step"] % cfg.train.grad_accum == 0:
-            checkpoint()
-        else:
+        if state["micro_step"] % cfg.train.grad_accum:
             checkpoint_due = True
+        elif not (every and state["step"] % every == 0):  # not just written by the step above
+            checkpoint()
 
     # ---- the end
     if rank == 0:
