@@ -221,9 +221,11 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
     stages["gs_fitting_in_loader"] = sum(e.fit_seconds for e in loader.stats.epochs.values())
 
     # ---- the summary
-    stage_start = time.perf_counter()
-    final = evaluate() if zs and not state["last_eval"] else state["last_eval"]
-    stages["gs_final_eval"] = time.perf_counter() - stage_start
+    final = state["last_eval"]
+    if zs and not final:  # the last step was not followed by an evaluation
+        stage_start = time.perf_counter()
+        final = evaluate()
+        stages["gs_final_eval"] = time.perf_counter() - stage_start
     all_sum(cache_counts)
     summary = {
         "rgb_top1": teacher_summary.get("best_top1"),

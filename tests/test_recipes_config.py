@@ -56,7 +56,7 @@ def test_missing_teacher_file_names_the_key_and_path(adapt, capsys, tmp_path):
         capsys,
         adapt.main,
         [f"run.dir={tmp_path}", "model.pretrained=/nonexistent/teacher.pt", "synthetic.generate=false",
-         f"data.shards={tmp_path}/*.tar", "eval.data="],
+         f"data.shards={tmp_path}/*.tar", "eval.data=''"],
     )  # fmt: skip
     # either check may come first: no shards, or no teacher; make the shards exist
     assert "data.shards" in message
@@ -65,7 +65,7 @@ def test_missing_teacher_file_names_the_key_and_path(adapt, capsys, tmp_path):
         capsys,
         adapt.main,
         [f"run.dir={tmp_path}", "model.pretrained=/nonexistent/teacher.pt", "synthetic.generate=false",
-         f"data.shards={tmp_path}/*.tar", "eval.data="],
+         f"data.shards={tmp_path}/*.tar", "eval.data=''"],
     )  # fmt: skip
     assert "model.pretrained" in message and "/nonexistent/teacher.pt" in message
 

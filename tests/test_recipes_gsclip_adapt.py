@@ -70,7 +70,9 @@ def tiny(tmp_path_factory) -> dict:
 
 
 def run_recipe(config: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    # a process group made in this pytest process (other tests) must not leak its rank or port
+    dist_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
     return subprocess.run(
         [sys.executable, str(RECIPE), "--config", str(config), *overrides],
         cwd=REPO,

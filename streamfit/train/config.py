@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from streamfit.config import ConfigError, load_config
 from streamfit.data import DataConfig
+from streamfit.data.shards import expand_shards
 from streamfit.fit import FitConfig
 from streamfit.models import GSModelConfig
 
@@ -190,7 +191,7 @@ def parse_args(
 
 def check_inputs(cfg: RGBPretrainConfig | AdaptConfig) -> None:
     """Stop at start, naming the key and path, when a file the run needs does not exist
-    (shards are checked when the loader expands them, classnames here)."""
+    (the training shards are checked by :func:`streamfit.train.run.ensure_data`)."""
     pretrained = cfg.model.pretrained
     if pretrained and _is_path(pretrained) and not Path(pretrained).is_file():
         raise ConfigError(f"model.pretrained: teacher checkpoint {pretrained} does not exist")
@@ -199,6 +200,11 @@ def check_inputs(cfg: RGBPretrainConfig | AdaptConfig) -> None:
     if not pretrained and not from_scratch and teacher and not Path(teacher).is_file():
         raise ConfigError(f"teacher_config: file {teacher} does not exist")
     if cfg.eval.data:
+        if not Path(cfg.eval.data).is_dir():
+            try:
+                expand_shards(cfg.eval.data)
+            except FileNotFoundError:
+                raise ConfigError(f"eval.data: no shards match {cfg.eval.data!r}") from None
         for key in ("classnames", "templates"):
             value = getattr(cfg.eval, key)
             if value and _is_path(value) and not Path(value).is_file():
