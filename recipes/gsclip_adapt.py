@@ -221,6 +221,13 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
     stages["gs_fitting_in_loader"] = sum(e.fit_seconds for e in loader.stats.epochs.values())
 
     # ---- the summary
+    done = run_dir / "summary.json"
+    if state["step"] == start_step and done.is_file():  # a finished run, started again
+        summary = json.loads(done.read_text())
+        if rank == 0:
+            print_summary(summary, done)
+        metrics.close()
+        return summary
     final = state["last_eval"]
     if zs and not final:  # the last step was not followed by an evaluation
         stage_start = time.perf_counter()
