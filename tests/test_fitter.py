@@ -106,6 +106,8 @@ def test_bad_batches_are_clear_errors():
         fit(torch.zeros(1, 4, 4, 3), tiny_cfg(gaussians=17))
     with pytest.raises(ValueError, match="gaussians"):
         FitConfig(gaussians=0)
+    with pytest.raises(ValueError, match="fit.backend"):
+        FitConfig(backend="gpu")
     with pytest.raises(ValueError, match="unknown fitting backend"):
         get_backend("opengl")
 

@@ -48,6 +48,8 @@ class FitConfig:
             raise ValueError(f"fit.gaussians must be >= 1, got {self.gaussians}")
         if self.iters < 0:
             raise ValueError(f"fit.iters must be >= 0, got {self.iters}")
+        if self.backend not in ("auto", "torch", "cpu", "cuda"):
+            raise ValueError(f"fit.backend must be auto, torch, cpu or cuda, got {self.backend!r}")
         if self.init not in ("structured", "random"):
             raise ValueError(f"fit.init must be 'structured' or 'random', got {self.init!r}")
         if self.lr_schedule not in ("cosine", "constant"):
