@@ -5,7 +5,7 @@ Fits the same images once per threshold (and optional L1 weight) and prints a ta
 ``--json`` and a PNG plot (PSNR and compression ratio against the threshold).
 
     python tools/prune_sweep.py shards/train-000000.tar --limit 16 \
-        --thresholds 0,0.01,0.02,0.05,0.1 --l1 0.05 --png runs/prune.png --json runs/prune.json
+        --thresholds 0,0.02,0.05,0.1,0.2 --l1 0.005 --png runs/prune.png --json runs/prune.json
 """
 
 from __future__ import annotations
