@@ -7,6 +7,14 @@ from abc import ABC, abstractmethod
 import torch
 
 
+def check_target(params: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
+    """``(height, width)`` of a ``[B, H, W, 3]`` target matching ``params [B, N, 8]``; a clear
+    error otherwise."""
+    if target.ndim != 4 or target.shape[0] != params.shape[0] or target.shape[-1] != 3:
+        raise ValueError(f"target must be [{params.shape[0]}, H, W, 3], got {tuple(target.shape)}")
+    return target.shape[1], target.shape[2]
+
+
 class FitBackend(ABC):
     """Renders splats and differentiates the reconstruction loss for the batched fitter.
 

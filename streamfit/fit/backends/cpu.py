@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cuda_kernels import cpu as kernels
-from streamfit.fit.backends.base import FitBackend
+from streamfit.fit.backends.base import FitBackend, check_target
 from streamfit.render import Q_CUTOFF
 
 DEFAULT_TILE = 16
@@ -134,11 +134,7 @@ class CpuBackend(FitBackend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """MSE ``[B]`` and ``d(sum_b mse_b)/d params [B, N, 8]``; both NaN for an image with a
         non-finite valid splat (the fitter then drops it)."""
-        if target.ndim != 4 or target.shape[0] != params.shape[0] or target.shape[-1] != 3:
-            raise ValueError(
-                f"target must be [{params.shape[0]}, H, W, 3], got {tuple(target.shape)}"
-            )
-        _, height, width, _ = target.shape
+        height, width = check_target(params, target)
         _, loss, grad = self._raster(params, mask, target, height, width)
         return loss, grad
 

@@ -20,7 +20,7 @@ import torch
 from numba import cuda
 
 from cuda_kernels import gpu as kernels
-from streamfit.fit.backends.base import FitBackend
+from streamfit.fit.backends.base import FitBackend, check_target
 from streamfit.render import Q_CUTOFF
 
 DEFAULT_TILE = 16
@@ -118,11 +118,7 @@ class CudaBackend(FitBackend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """MSE ``[B]`` and ``d(sum_b mse_b)/d params [B, N, 8]``; both NaN for an image with a
         non-finite valid splat (the fitter then drops it)."""
-        if target.ndim != 4 or target.shape[0] != params.shape[0] or target.shape[-1] != 3:
-            raise ValueError(
-                f"target must be [{params.shape[0]}, H, W, 3], got {tuple(target.shape)}"
-            )
-        _, height, width, _ = target.shape
+        height, width = check_target(params, target)
         _, loss, grad, bad = self._run(params, mask, target, height, width)
         loss.masked_fill_(bad, float("nan"))
         grad.masked_fill_(bad[:, None, None], float("nan"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from streamfit.fit.backends.base import FitBackend
+from streamfit.fit.backends.base import FitBackend, check_target
 from streamfit.render import render
 
 # Elements of the [b, N, H*W] weight tensor evaluated at once: bounds peak memory (~1.5 GB
@@ -30,7 +30,7 @@ class TorchBackend(FitBackend):
     def loss_and_grad(
         self, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _, height, width, _ = target.shape
+        height, width = check_target(params, target)
         losses, grads = [], []
         for c in self._chunks(params, height, width):
             with torch.enable_grad():
