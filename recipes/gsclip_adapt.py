@@ -35,6 +35,7 @@ from streamfit.config import ConfigError, load_config, to_yaml  # noqa: E402
 from streamfit.data import build_loader  # noqa: E402
 from streamfit.fit import get_backend  # noqa: E402
 from streamfit.models import build_gs_clip  # noqa: E402
+from streamfit.report import write_json  # noqa: E402
 from streamfit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from streamfit.train.config import (  # noqa: E402
     AdaptConfig,
@@ -53,7 +54,6 @@ from streamfit.train.run import (  # noqa: E402
     scheduled_steps,
     setup_logging,
     start_run,
-    write_json,
     zero_shot,
     zero_shot_setup,
 )

@@ -29,6 +29,7 @@ from streamfit.config import ConfigError, to_yaml
 from streamfit.data import build_loader
 from streamfit.fit import FitConfig
 from streamfit.models import load_teacher
+from streamfit.report import write_json
 from streamfit.train.checkpoint import (
     find_checkpoint,
     load_checkpoint,
@@ -46,7 +47,6 @@ from streamfit.train.run import (
     lockstep,
     scheduled_steps,
     start_run,
-    write_json,
     zero_shot,
     zero_shot_setup,
 )

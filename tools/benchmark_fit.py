@@ -37,7 +37,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -52,6 +51,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from streamfit.config import ConfigError, load_config, to_yaml  # noqa: E402
 from streamfit.fit import FitConfig, fit, get_backend  # noqa: E402
 from streamfit.fit.backends import FitBackend  # noqa: E402
+from streamfit.report import write_json  # noqa: E402
 
 DEFAULT_SHARDS = (
     Path(__file__).resolve().parents[2] / "shared/data/imagenet-sample/train-000000.tar"
@@ -288,8 +288,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     print_table(rows)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
+        write_json(args.json, rows)
     if args.plot:
         plot(rows, args.plot)
     return rows

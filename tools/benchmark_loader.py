@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from streamfit.config import ConfigError, load_config, to_yaml
 from streamfit.data import DataConfig, build_loader
 from streamfit.fit import BACKENDS, FitConfig
+from streamfit.report import write_json
 
 
 @dataclass
@@ -139,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args, cfg)
     print(table(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         report = {
             "epochs": results,
             "config": json.loads(json.dumps(cfg, default=lambda o: o.__dict__)),
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             "started": start,
             "command": " ".join(sys.argv),
         }
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return 0
 
 

@@ -28,6 +28,7 @@ from streamfit.config import ConfigError, load_config, to_yaml
 from streamfit.data import DataConfig, build_loader, cache_settings
 from streamfit.data.writer import ShardWriter, shard_pattern
 from streamfit.fit import BACKENDS, FitConfig
+from streamfit.report import print_key_values, write_json
 
 
 @dataclass
@@ -134,12 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     print(to_yaml(cfg))
     summary = export(args, cfg)
-    width = max(len(k) for k in summary)
-    for key, value in summary.items():
-        print(f"{key:<{width}}  {value}")
+    print_key_values(summary)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
+        write_json(args.json, summary)
     return 0
 
 

@@ -19,7 +19,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import itertools
-import json
 import logging
 import math
 import sys
@@ -36,6 +35,7 @@ from streamfit.config import ConfigError, load_config, to_yaml
 from streamfit.data.local_images import ImageSource, iter_decoded
 from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
 from streamfit.render import cholesky_factors
+from streamfit.report import write_json
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitConfig]:
@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print_table(summary)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
+        write_json(args.json, summary)
         print(f"summary: {args.json}")
     return 0 if fitted else 1
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.data.writer import ShardWriter, shard_pattern
+from streamfit.report import print_key_values, write_json
 
 log = logging.getLogger("make_shards")
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
@@ -159,12 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.source == "folder" and not args.src.is_dir():
         parser.error(f"not a folder: {args.src}")
     summary = write_folder(args) if args.source == "folder" else write_synthetic(args)
-    width = max(len(k) for k in summary)
-    for key, value in summary.items():
-        print(f"{key:<{width}}  {value}")
+    print_key_values(summary)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
+        write_json(args.json, summary)
     return 0
 
 

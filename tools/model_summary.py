@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from streamfit.models import GSModelConfig, build_gs_clip, load_teacher
+from streamfit.report import write_json
 
 
 def resolve_config(path: str | None, overrides: Sequence[str], model: str | None) -> GSModelConfig:
@@ -143,8 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(cfg)
     print(format_table(summary))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
+        write_json(args.json, summary)
         print(f"wrote {args.json}")
     return 0
 

@@ -18,7 +18,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import itertools
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from streamfit.config import load_config, to_yaml
 from streamfit.data.local_images import ImageSource, iter_decoded
 from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
+from streamfit.report import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     if args.png:
         plot(rows, args.png)
     return 0

@@ -29,9 +29,10 @@ from streamfit.config import load_config
 from streamfit.data import DataConfig
 from streamfit.fit import get_backend
 from streamfit.models import build_gs_clip, load_teacher
+from streamfit.report import write_json
 from streamfit.train.checkpoint import LATEST
 from streamfit.train.config import AdaptConfig, EvalConfig, RGBPretrainConfig
-from streamfit.train.run import setup_logging, write_json, zero_shot, zero_shot_setup
+from streamfit.train.run import setup_logging, zero_shot, zero_shot_setup
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -4,9 +4,7 @@ evaluation of the model being trained; the end-of-run summary."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import tarfile
 import time
@@ -210,10 +208,3 @@ def zero_shot(
         extras["compression_ratio"] = data_cfg.image_size**2 * 3 / (per_image * BYTES_PER_SPLAT)
         extras["cache_hit_rate"] = float(counts[2] / counts[3]) if counts[3] else float("nan")
     return tally.result(), extras
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -1,0 +1,26 @@
+"""Output of tools and recipes: JSON results written atomically, key/value summaries printed."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, creating parent folders; a reader never sees a
+    half-written file (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def print_key_values(summary: Mapping[str, Any]) -> None:
+    """One aligned ``key  value`` line per entry."""
+    width = max((len(k) for k in summary), default=0)
+    for key, value in summary.items():
+        print(f"{key:<{width}}  {value}")
