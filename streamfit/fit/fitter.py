@@ -50,9 +50,10 @@ def check_images(images: torch.Tensor) -> None:
 
 
 def luminance(colors: torch.Tensor) -> torch.Tensor:
-    """``[..., 3]`` colours -> ``[...]`` luminance of their magnitudes."""
-    weights = torch.tensor(LUMA, dtype=colors.dtype, device=colors.device)
-    return colors.abs() @ weights
+    """``[..., 3]`` colours -> ``[...]`` luminance of their magnitudes (Python-float weights:
+    no host-to-device copy, so pruning never waits for the GPU)."""
+    magnitude = colors.abs()
+    return magnitude[..., 0] * LUMA[0] + magnitude[..., 1] * LUMA[1] + magnitude[..., 2] * LUMA[2]
 
 
 def initial_params(images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:

@@ -1,10 +1,13 @@
 """The ``cuda`` backend: the batched Numba-CUDA kernels of :mod:`cuda_kernels.gpu` behind the
 :class:`FitBackend` interface.
 
-Tensors reach the kernels without copies through ``__cuda_array_interface__``, and every launch
-goes on PyTorch's current stream, so a fitting iteration (project + bin, forward, backward,
-Adam; the fitter's L1 and pruning are a few torch ops on the same stream) never waits for or
-copies to the host. Work buffers are allocated through PyTorch's caching allocator.
+Tensors reach the kernels without copies through ``__cuda_array_interface__``. Every launch
+runs in the CUDA context of the backend's own GPU and on PyTorch's current stream of that GPU,
+whichever thread calls (the data loader fits in a prefetch thread, whose default context would
+be GPU 0's), so a fitting iteration (project + bin, the fused tile kernel, Adam; the fitter's
+L1 and pruning are a few torch ops on the same stream) is ordered with the torch work around
+it and never waits for or copies to the host. Work buffers come from PyTorch's caching
+allocator.
 
 Under the Numba CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same code runs on CPU tensors,
 which is how the kernels are tested without a GPU.
@@ -12,6 +15,7 @@ which is how the kernels are tested without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numba
@@ -27,20 +31,42 @@ DEFAULT_TILE = 16
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 
 
+def cuda_device(device: torch.device | str, visible: int) -> torch.device:
+    """``device`` as ``cuda:N`` with ``N`` an existing GPU index; a clear error otherwise."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"the cuda backend needs a CUDA device, got {device}")
+    index = 0 if device.index is None else device.index
+    if not 0 <= index < visible:
+        raise ValueError(
+            f"CUDA device {index} does not exist: {visible} GPU(s) visible "
+            f"(valid: {', '.join(f'cuda:{i}' for i in range(visible)) or 'none'})"
+        )
+    return torch.device("cuda", index)
+
+
 class CudaBackend(FitBackend):
-    """Numba-CUDA backend. ``tile``: tile edge in pixels (8, 16 or 32; one block per tile)."""
+    """Numba-CUDA backend on one GPU. ``tile``: tile edge in pixels (one of
+    :data:`cuda_kernels.gpu.TILES`; one block per tile and image)."""
 
     name = "cuda"
 
     def __init__(self, device: torch.device | str = "cuda", tile: int = DEFAULT_TILE) -> None:
         super().__init__(device)
+        kernels.check_tile(tile)
         if SIMULATOR:
+            cuda_device(device, visible=1)  # the simulator has one device
             self.device = torch.device("cpu")
-        elif self.device.type != "cuda":
-            raise ValueError(f"the cuda backend needs a CUDA device, got {self.device}")
-        kernels.build(tile)  # validates the tile size
+        else:
+            self.device = cuda_device(device, torch.cuda.device_count())
         self.tile = tile
         self.qcut = np.float32(Q_CUTOFF)
+
+    def _context(self) -> contextlib.AbstractContextManager:
+        """Makes the backend's GPU current for Numba in the calling thread."""
+        if SIMULATOR:
+            return contextlib.nullcontext()
+        return cuda.gpus[self.device.index]
 
     # ------------------------------------------------------------------ tensor plumbing
     def _array(self, tensor: torch.Tensor):
@@ -59,14 +85,11 @@ class CudaBackend(FitBackend):
             return 0
         return cuda.external_stream(torch.cuda.current_stream(self.device).cuda_stream)
 
-    def _run(
-        self,
-        params: torch.Tensor,
-        mask: torch.Tensor,
-        target: torch.Tensor | None,
-        height: int,
-        width: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _work(
+        self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Checked device inputs and the work arrays of one launch sequence: ``(params,
+        bad, [params, mask, proj, bits, bad] as kernel arguments)``."""
         n_img, n_spl = mask.shape
         if params.shape != (n_img, n_spl, 8):
             raise ValueError(f"params {tuple(params.shape)} and mask {tuple(mask.shape)} disagree")
@@ -74,33 +97,17 @@ class CudaBackend(FitBackend):
         params = params.detach().to(dev, torch.float32).contiguous()
         mask = mask.to(dev, torch.bool).contiguous()
         tiles = math.ceil(width / self.tile) * math.ceil(height / self.tile)
-        words = math.ceil(n_spl / 32)
         proj = torch.empty(n_img, n_spl, 8, device=dev)
-        bits = torch.zeros(n_img, tiles, words, dtype=torch.int32, device=dev)
+        bits = torch.zeros(n_img, tiles, math.ceil(n_spl / 32), dtype=torch.int32, device=dev)
         bad = torch.zeros(n_img, dtype=torch.int32, device=dev)
-        image = torch.empty(n_img, height, width, 3, device=dev)
-        loss = torch.zeros(n_img, device=dev)
-        grad = torch.zeros(n_img, n_spl, 8, device=dev)
-        if target is None:
-            target = torch.empty(0, 0, 0, 3, device=dev)
-        else:
-            target = target.detach().to(dev, torch.float32).contiguous()
-        if n_img > 0:
-            kernels.launch_loss_and_grad(
-                self._array(params),
-                self._array(mask),
-                self._array(target),
-                self.tile,
-                self.qcut,
-                self._array(proj),
-                self._array(bits).view(np.uint32),
-                self._array(bad),
-                self._array(image),
-                self._array(loss),
-                self._array(grad),
-                stream=self._stream(),
-            )
-        return image, loss, grad, bad.bool()
+        arrays = [
+            self._array(params),
+            self._array(mask),
+            self._array(proj),
+            self._array(bits).view(np.uint32),
+            self._array(bad),
+        ]
+        return params, bad, arrays
 
     # ------------------------------------------------------------------ FitBackend
     @torch.no_grad()
@@ -109,17 +116,54 @@ class CudaBackend(FitBackend):
     ) -> torch.Tensor:
         """``[B, H, W, 3]`` float32 image on the device; NaN for an image with a non-finite
         valid splat."""
-        image, _, _, bad = self._run(params, mask, None, height, width)
-        return image.masked_fill_(bad[:, None, None, None], float("nan"))
+        image = torch.empty(mask.shape[0], height, width, 3, device=self.device)
+        if mask.shape[0] == 0:
+            return image
+        with self._context():
+            _, bad, (p, m, proj, bits, flags) = self._work(params, mask, height, width)
+            kernels.launch_render(
+                p,
+                m,
+                self.tile,
+                self.qcut,
+                proj,
+                bits,
+                flags,
+                self._array(image),
+                stream=self._stream(),
+            )
+        return image.masked_fill_(bad.bool()[:, None, None, None], float("nan"))
 
     @torch.no_grad()
     def loss_and_grad(
         self, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """MSE ``[B]`` and ``d(sum_b mse_b)/d params [B, N, 8]``; both NaN for an image with a
-        non-finite valid splat (the fitter then drops it)."""
+        non-finite valid splat (the fitter then drops it). The rendered image never leaves
+        the kernel."""
         height, width = check_target(params, target)
-        _, loss, grad, bad = self._run(params, mask, target, height, width)
+        n_img, n_spl = mask.shape
+        loss = torch.zeros(n_img, device=self.device)
+        grad = torch.zeros(n_img, n_spl, 8, device=self.device)
+        if n_img == 0:
+            return loss, grad
+        target = target.detach().to(self.device, torch.float32).contiguous()
+        with self._context():
+            _, bad, (p, m, proj, bits, flags) = self._work(params, mask, height, width)
+            kernels.launch_loss_and_grad(
+                p,
+                m,
+                self._array(target),
+                self.tile,
+                self.qcut,
+                proj,
+                bits,
+                flags,
+                self._array(loss),
+                self._array(grad),
+                stream=self._stream(),
+            )
+        bad = bad.bool()
         loss.masked_fill_(bad, float("nan"))
         grad.masked_fill_(bad[:, None, None], float("nan"))
         return loss, grad
@@ -141,34 +185,31 @@ class CudaBackend(FitBackend):
         if not all(t.is_contiguous() and t.dtype == torch.float32 for t in tensors):
             super().adam_step(params, grad, exp_avg, exp_avg_sq, lr, step, betas, eps)
             return
-        flat = [self._array(t.view(-1)) for t in tensors]
         lr = lr.to(self.device, torch.float32).contiguous()
-        kernels.launch_adam(*flat, self._array(lr), betas, step, eps, stream=self._stream())
+        with self._context():
+            flat = [self._array(t.view(-1)) for t in tensors]
+            kernels.launch_adam(*flat, self._array(lr), betas, step, eps, stream=self._stream())
 
     def tile_entries(
         self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
     ) -> int:
         """(splat, tile) pairs in the batch's tile lists, for FLOP counts (reads to the host)."""
         n_img, n_spl = mask.shape
-        tiles = math.ceil(width / self.tile) * math.ceil(height / self.tile)
-        bits = torch.zeros(
-            n_img, tiles, math.ceil(n_spl / 32), dtype=torch.int32, device=self.device
-        )
         if n_img * n_spl == 0:
             return 0
-        params = params.detach().to(self.device, torch.float32).contiguous()
-        mask = mask.to(self.device, torch.bool).contiguous()
-        bad = torch.zeros(n_img, dtype=torch.int32, device=self.device)
-        kernels.project[(n_img * n_spl + 255) // 256, 256, self._stream()](
-            self._array(params),
-            self._array(mask),
-            height,
-            width,
-            self.tile,
-            math.ceil(width / self.tile),
-            self.qcut,
-            self._array(torch.empty_like(params)),
-            self._array(bits).view(np.uint32),
-            self._array(bad),
-        )
-        return int(np.bitwise_count(bits.cpu().numpy().view(np.uint32)).sum())
+        with self._context():
+            _, _, (p, m, proj, bits, flags) = self._work(params, mask, height, width)
+            kernels.project[(n_img * n_spl + 255) // 256, 256, self._stream()](
+                p,
+                m,
+                height,
+                width,
+                self.tile,
+                math.ceil(width / self.tile),
+                self.qcut,
+                proj,
+                bits,
+                flags,
+            )
+            words = bits.copy_to_host() if not SIMULATOR else bits
+        return int(np.unpackbits(np.ascontiguousarray(words).view(np.uint8)).sum())
