@@ -94,7 +94,11 @@ def test_gpu_fit_from_a_background_thread_on_the_last_gpu():
     worker.start()
     worker.join()
     assert there["result"].splats.params.device == device
-    torch.testing.assert_close(there["result"].splats.params, here.splats.params)
+    # float atomics add in a varying order: equal up to rounding amplified by 20 Adam steps
+    torch.testing.assert_close(there["result"].psnr, here.psnr, rtol=0, atol=1e-3)
+    torch.testing.assert_close(
+        there["result"].splats.params, here.splats.params, rtol=1e-3, atol=1e-3
+    )
 
 
 @pytest.mark.cuda
