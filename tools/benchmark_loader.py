@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from streamfit.config import ConfigError, load_config, to_yaml
-from streamfit.data import DataConfig, build_loader
+from streamfit.data import DataConfig, EmptyEpoch, build_loader
 from streamfit.fit import BACKENDS, FitConfig
 from streamfit.report import write_json
 
@@ -137,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     print(to_yaml(cfg))
     start = time.strftime("%Y-%m-%d %H:%M:%S")
-    results = run(args, cfg)
+    try:
+        results = run(args, cfg)
+    except (FileNotFoundError, EmptyEpoch) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(table(results))
     if args.json:
         report = {

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streamfit.data.shards import check_pattern
+
 CACHE_KEYS = ("content", "key")
 SPLITS = ("shard", "sample")
 
@@ -47,6 +49,10 @@ class DataConfig:
     log_every: int = 1  # batches between per-batch timing log lines (0: never)
 
     def __post_init__(self) -> None:
+        try:
+            check_pattern(self.shards)
+        except ValueError as err:
+            raise ValueError(f"data.shards: {err}") from None
         if self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
         if self.batch_size < 1:

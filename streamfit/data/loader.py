@@ -43,7 +43,7 @@ import logging
 import torch
 from torchdata.nodes import Loader, Mapper, ParallelMapper, Prefetcher
 
-from streamfit.data.cache import CacheProbe, SplatCache
+from streamfit.data.cache import SplatCache
 from streamfit.data.config import DataConfig
 from streamfit.data.decode import DECODE_VERSION, Decoder
 from streamfit.data.nodes import EpochMeter, FitNode, SampleBatcher, Tokenize
@@ -122,7 +122,7 @@ def build_loader(
         data_cfg.max_image_pixels,
         need_image=data_cfg.yield_rgb,
         cache_key=data_cfg.cache_key,
-        probe=CacheProbe(cache.path, settings) if cache is not None else None,
+        probe=cache.probe(settings) if cache is not None else None,
     )
     decoded = ParallelMapper(
         reader,
@@ -159,4 +159,8 @@ def build_loader(
         backend.device,
         cache.path if cache is not None else "off",
     )
-    return StreamLoader(EpochMeter(node, stats), reader, stats, cache)
+    matched = ", ".join(reader.shards[:3]) + (", ..." if len(reader.shards) > 3 else "")
+    describe = f"data.shards {data_cfg.shards!r} matched {len(reader.shards)} ({matched})"
+    if world_size > 1:
+        describe = f"rank {rank}/{world_size}: {describe}"
+    return StreamLoader(EpochMeter(node, stats, describe), reader, stats, cache)

@@ -84,10 +84,10 @@ class LoaderStats:
             self.current.complete = True
             return self.current
 
-    def skip(self, reason: str, shard: str, key: str, detail: str = "") -> None:
-        """Count a skipped sample and log it, naming shard and key."""
+    def skip(self, reason: str, shard: str, key: str, detail: str = "", count: int = 1) -> None:
+        """Count ``count`` skipped samples (one log line), naming shard and key."""
         with self._lock:
-            self.current.skipped[reason] = self.current.skipped.get(reason, 0) + 1
+            self.current.skipped[reason] = self.current.skipped.get(reason, 0) + count
             self._warned[reason] += 1
             n = self._warned[reason]
         if n <= MAX_SKIP_WARNINGS:
