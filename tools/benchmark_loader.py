@@ -92,10 +92,9 @@ def run(args: argparse.Namespace, cfg: BenchConfig) -> list[dict]:
     loader = build_loader(cfg.data, cfg.fit, rank=args.rank, world_size=args.world_size)
     results = []
     for epoch in range(args.epochs):
-        progress = tqdm(desc=f"epoch {epoch}", unit="sample", leave=False)
-        for batch in loader:
-            progress.update(len(batch["keys"]))
-        progress.close()
+        with tqdm(desc=f"epoch {epoch}", unit="sample", leave=False) as progress:
+            for batch in loader:
+                progress.update(len(batch["keys"]))
         stats = loader.epoch_stats(epoch)
         row = stats.to_dict()
         row["samples_per_s"] = stats.samples / stats.seconds if stats.seconds else 0.0

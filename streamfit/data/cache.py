@@ -32,6 +32,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,8 @@ class SplatCache:
         self._local = threading.local()
         self._generation = 0  # bumped when the file is replaced: threads reconnect
         self._identity: tuple[int, int] | None = None
-        self._failures = self._restarts = 0
+        self._failures: Counter[str] = Counter()  # failures in a row, by operation
+        self._restarts = 0
         self._open()
 
     # ------------------------------------------------------------------ opening
@@ -268,7 +270,7 @@ class SplatCache:
                 self._check_file()
                 if self.enabled:
                     found = self.get_many(keys, settings)
-                    self._failures = 0
+                    self._failures["lookup"] = 0
                     return found
             except (sqlite3.Error, OSError) as err:
                 self._failed("lookup", err)
@@ -295,13 +297,13 @@ class SplatCache:
             else:
                 self._failed("write", err)
             return 0
-        self._failures = 0
+        self._failures["write"] = 0
         return evicted
 
     def _failed(self, what: str, err: Exception) -> None:
-        self._failures += 1
-        if self._failures >= self.max_failures:
-            self._switch_off(f"{self._failures} failures in a row, the last: {what}: {err}")
+        self._failures[what] += 1
+        if self._failures[what] >= self.max_failures:
+            self._switch_off(f"{what} failed {self._failures[what]} times in a row: {err}")
         else:
             logger.warning("splat cache %s %s failed (%s); fitting instead", self.path, what, err)
 

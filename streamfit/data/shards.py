@@ -504,12 +504,12 @@ def count_shard(shard: str) -> tuple[int, Counter[str]]:
                 for info in tar:
                     if not info.isfile():
                         continue
-                    if info.offset_data + info.size > size:
-                        raise tarfile.ReadError(f"member {info.name} cut short")
                     member_key, ext = split_member_name(info.name)
                     if member_key != key:
                         judge()
                         key, sizes, small, copies = member_key, {}, {}, Counter()
+                    if info.offset_data + info.size > size:
+                        raise tarfile.ReadError(f"member {info.name} cut short")
                     sizes[ext] = info.size
                     copies[ext] += 1
                     if ext in (CAPTION_EXT, JSON_EXT):

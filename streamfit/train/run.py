@@ -61,8 +61,6 @@ def ensure_data(data: DataConfig, synthetic: SyntheticConfig, rank: int) -> None
     try:
         expand_shards(data.shards)
         return
-    except ValueError as err:
-        raise ConfigError(f"data.shards: {err}") from None
     except FileNotFoundError:
         if not synthetic.generate:
             raise ConfigError(f"data.shards: no shards match {data.shards!r}") from None
