@@ -177,7 +177,7 @@ def test_repeated_member_is_counted_and_dropped(tmp_path: Path) -> None:
     assert count_shard(str(shard)) == (1, {"duplicate_member": 2})
 
 
-def test_content_keys_keep_two_img2dataset_runs_apart(tmp_path: Path) -> None:
+def test_content_keys_keep_two_img2dataset_runs_apart(tmp_path: Path, caplog) -> None:
     # img2dataset restarts keys at 000000000 on every run: the same keys, other images
     one = img2dataset_shard(tmp_path / "run1-00000.tar", 3, colour=0)
     two = img2dataset_shard(tmp_path / "run2-00000.tar", 3, colour=250)
@@ -194,6 +194,9 @@ def test_content_keys_keep_two_img2dataset_runs_apart(tmp_path: Path) -> None:
     }
     for i in range(3):
         assert colour[(str(two), f"{i:09d}")] > colour[(str(one), f"{i:09d}")] + 0.5
+    with caplog.at_level(logging.WARNING, logger="streamfit.data"):
+        build_loader(tiny_data(cfg.shards, cache_dir=cfg.cache_dir, cache_key="key"), TINY_FIT)
+    assert "cache_key=content is safe" in caplog.text
 
 
 # ---------------------------------------------------------------------- the splat cache

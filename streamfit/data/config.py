@@ -23,7 +23,9 @@ class DataConfig:
     after the shuffle; needs at least ``world_size`` shards), ``sample`` has every rank read
     every shard and keep every ``world_size``-th sample (for few, large shards).
     ``cache_key``: ``content`` keys the splat cache by a hash of the encoded image bytes (safe
-    when sample keys repeat across datasets), ``key`` by the shard's sample key.
+    when sample keys repeat across datasets, as they do across img2dataset runs, which all
+    number their samples from ``000000000``), ``key`` by the shard's sample key (only for keys
+    unique over every shard the cache ever sees).
     ``cache_max_bytes``: bound on stored splat bytes; least recently used entries go first.
     An empty ``cache_dir`` disables the cache (every sample is fitted every epoch).
     """

@@ -117,6 +117,12 @@ def build_loader(
         stats=stats,
     )
     settings = cache_settings(data_cfg, fit_cfg)
+    if cache is not None and data_cfg.cache_key == "key":
+        logger.warning(
+            "data.cache_key=key: splats are found by sample key alone, so keys must be unique "
+            "over every shard this cache sees (img2dataset runs all start at 000000000; "
+            "cache_key=content is safe)"
+        )
     decoder = Decoder(
         data_cfg.image_size,
         data_cfg.max_image_pixels,
