@@ -92,7 +92,10 @@ class LoaderStats:
             n = self._warned[reason]
         if n <= MAX_SKIP_WARNINGS:
             suffix = f": {detail}" if detail else ""
-            logger.warning("skipped sample %r in shard %s (%s)%s", key, shard, reason, suffix)
+            if key.startswith("<"):  # a whole shard (or the unnamed start of one)
+                logger.warning("skipped shard %s (%s)%s", shard, reason, suffix)
+            else:
+                logger.warning("skipped sample %r in shard %s (%s)%s", key, shard, reason, suffix)
             if n == MAX_SKIP_WARNINGS:
                 logger.warning("further %r skips this epoch are counted without a log line", reason)
 
