@@ -424,3 +424,54 @@ def test_hostile_samples_are_counted_skips(tmp_path: Path) -> None:
         3,  # the oversized and undecodable images are only found when decoding
         {"empty_image": 1, "bad_caption": 1, "bad_json": 1},
     )
+
+
+def test_oversized_member_is_never_read(tmp_path: Path, monkeypatch) -> None:
+    from streamfit.data import shards
+
+    monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", 2000)
+    shard = write_tar(
+        tmp_path / "big.tar",
+        [
+            (
+                "big.png",
+                encode(
+                    Image.fromarray(
+                        np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)
+                    ),
+                    "PNG",
+                ),
+            ),
+            ("big.txt", b"a member over the bound"),
+            ("ok.jpg", jpeg((1, 2, 3))),
+            ("ok.txt", b"fine"),
+        ],
+    )
+    reader = ShardReader([str(shard)], shuffle_buffer=1)
+    samples = list(reader)
+    assert [s.key for s in samples] == ["ok"] and reader.stats.current.skipped == {"too_large": 1}
+    assert count_shard(str(shard)) == (1, {"too_large": 1})
+
+
+def test_odd_keys_json_and_exif_are_handled(tmp_path: Path) -> None:
+    image = Image.new("RGB", (12, 10), (200, 10, 10))
+    exif = image.getexif()
+    exif[0x0112] = 9  # no such orientation
+    shard = write_tar(
+        tmp_path / "odd.tar",
+        [
+            ("deep.jpg", jpeg((1, 2, 3))),
+            ("deep.txt", b"json nested too deeply"),
+            ("deep.json", b"[" * 100_000),
+            ("caf\udce9.jpg", jpeg((9, 9, 9))),  # a name that is not UTF-8 (b"caf\xe9")
+            ("caf\udce9.txt", b"a Latin-1 file name"),
+            ("exif.jpg", encode(image, "JPEG", exif=exif.tobytes())),
+            ("exif.txt", b"odd exif"),
+        ],
+    )
+    loader = build_loader(
+        tiny_data(str(shard), cache_dir=str(tmp_path / "c"), cache_key="key"), TINY_FIT
+    )
+    assert sorted(epoch_keys(loader)) == ["caf\udce9", "exif"]
+    assert loader.epoch_stats(0).skipped == {"bad_json": 1}
+    assert len(epoch_keys(loader)) == 2 and loader.epoch_stats(1).hit_rate == 1.0

@@ -92,7 +92,7 @@ def test_make_shards_table_with_absolute_and_file_urls(tmp_path: Path) -> None:
     Image.new("RGB", (9, 9), "green").save(elsewhere / "green.png")
     Image.new("RGB", (9, 9), "blue").save(elsewhere / "blue dot.png")
     table = tmp_path / "urls.csv"
-    with table.open("w", newline="") as f:
+    with table.open("w", newline="", encoding="utf-8-sig") as f:  # as Excel writes it
         csv.writer(f).writerows(
             [
                 ["url", "caption", "extra"],
@@ -114,6 +114,25 @@ def test_make_shards_table_with_absolute_and_file_urls(tmp_path: Path) -> None:
     samples = list(ShardReader(expand_shards(result["shards"]), shuffle_buffer=1))
     sources = sorted(json.loads(s.members["json"])["source"] for s in samples)
     assert sources == [str(elsewhere / "blue dot.png"), str(elsewhere / "green.png"), "red.png"]
+
+
+def test_make_shards_skips_bad_sidecars(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (9, 9), "red").save(src / f"{name}.png")
+        (src / f"{name}.txt").write_text(f"picture {name}")
+    (src / "b.txt").write_bytes(b"caf\xe9")  # Latin-1, not UTF-8
+    (src / "c.json").write_text("[1, 2]")  # JSON, but not an object
+    summary = tmp_path / "s.json"
+    assert (
+        tool("make_shards").main(
+            ["folder", str(src), "--out", str(tmp_path / "o"), "--json", str(summary)]
+        )
+        == 0
+    )
+    result = json.loads(summary.read_text())
+    assert result["samples"] == 1 and result["skipped"] == {"bad_caption": 1, "bad_json": 1}
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,17 @@ def test_missing_file_and_empty_folder_are_one_line_errors(tmp_path, capsys):
     assert "error: no images in" in capsys.readouterr().err
 
 
+def test_unreadable_files_are_counted(tmp_path):
+    write_inputs(tmp_path / "imgs")
+    (tmp_path / "imgs" / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (tmp_path / "imgs" / "folder.png").mkdir()
+    out = tmp_path / "s.json"
+    args = [str(tmp_path / "imgs"), "--size", "16", "--gaussians", "8", "--iters", "1"]
+    assert fit_images.main([*args, "--backend", "torch", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["fitted"] == 4 and summary["skipped"]["unreadable"] == 2
+
+
 def test_no_compression_is_said(tmp_path, caplog):
     write_inputs(tmp_path / "imgs")
     args = [str(tmp_path / "imgs" / "rgb.png"), "--size", "8", "--gaussians", "16", "--iters", "1"]

@@ -35,6 +35,7 @@ from urllib.request import url2pathname
 from PIL import Image
 from tqdm.auto import tqdm
 
+from streamfit.data.shards import parse_meta
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.data.writer import ShardWriter, shard_pattern
 from streamfit.report import print_key_values, write_json
@@ -59,7 +60,7 @@ def read_caption_table(path: Path, path_column: str, caption_column: str) -> dic
         return {str(p): str(c) for p, c in rows}
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no column
             reader = csv.DictReader(f, delimiter=delimiter)
             missing = {path_column, caption_column} - set(reader.fieldnames or ())
             if missing:
@@ -110,7 +111,11 @@ def folder_samples(
         listed = []
         for path in paths:
             sidecar = path.with_suffix(".txt")
-            listed.append((path, sidecar.read_text(encoding="utf-8") if sidecar.is_file() else ""))
+            try:
+                listed.append((path, sidecar.read_text("utf-8") if sidecar.is_file() else ""))
+            except (OSError, UnicodeDecodeError) as err:
+                skipped["bad_caption"] += 1
+                log.warning("skipped %s: caption file unreadable (%s)", sidecar, err)
     for path, caption in listed:
         rel = source_name(path, root)
         if not caption.strip():
@@ -121,10 +126,8 @@ def folder_samples(
         sidecar_json = path.with_suffix(".json")
         if sidecar_json.is_file():
             try:
-                extra = json.loads(sidecar_json.read_text(encoding="utf-8"))
-                if not isinstance(extra, dict):
-                    raise ValueError(f"expected a JSON object, got {type(extra).__name__}")
-            except ValueError as err:
+                extra = parse_meta(sidecar_json.read_bytes())
+            except (OSError, ValueError) as err:
                 skipped["bad_json"] += 1
                 log.warning("skipped %s: bad json sidecar (%s)", rel, err)
                 continue

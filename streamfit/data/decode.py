@@ -96,7 +96,11 @@ class Decoder:
             return Skipped(raw.key, raw.shard, "no_image", "RGB requested but the sample has none")
         encoded = raw.members[image_ext] if image_ext is not None else b""
         digest_of = splats if splats is not None else encoded
-        cache_id = raw.key
+        # a key that is not UTF-8 (tar names are decoded with surrogate escapes) cannot be
+        # an SQLite text key as it is
+        cache_id = raw.key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        if cache_id != raw.key:
+            cache_id = "key:" + raw.key.encode("utf-8", "surrogateescape").hex()
         if self.cache_key == "content":
             cache_id = hashlib.blake2b(digest_of, digest_size=16).hexdigest()
         sample = Decoded(raw.key, raw.shard, caption, meta, None, splats, cache_id)
@@ -151,7 +155,10 @@ def _decode(encoded: bytes, size: int | None, max_pixels: int) -> np.ndarray:
             raise ValueError(f"image has no pixels ({width}x{height})")
         if width * height > max_pixels:
             raise ImageTooLarge(f"{width}x{height} pixels exceeds {max_pixels}")
-        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+        try:
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+        except Exception:  # a damaged EXIF block costs the orientation, not the image
+            orientation = 1
         if size is not None:
             short = min(width, height)
             # JPEG: let libjpeg decode at a reduced scale (still >= size on the shorter side),

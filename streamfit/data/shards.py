@@ -23,7 +23,7 @@ import random
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from braceexpand import UnbalancedBracesError, braceexpand
@@ -37,6 +37,9 @@ JSON_EXT = "json"
 SPLATS_EXT = "splats"
 # Files img2dataset writes beside its shards; a glob over its output folder skips them.
 SIDE_FILE_SUFFIXES = (".parquet", "_stats.json")
+# A member above this is not read into memory (its sample is skipped as ``too_large``): far
+# above any web image, and a corrupt size field must not cost the reader gigabytes.
+MAX_MEMBER_BYTES = 256 * 1024**2
 
 logger = logging.getLogger("streamfit.data")
 
@@ -48,7 +51,8 @@ class RawSample:
     """One sample as stored: ``members`` maps extension -> bytes. ``position`` is
     ``(shard index in this rank's order, byte offset of its first tar header)``; ``end`` is
     the offset where the next sample's headers start. ``copies`` > 1: some member appeared
-    that many times under this key (samples merged by a repeated key; never used)."""
+    that many times under this key (samples merged by a repeated key; never used).
+    ``unread``: ext -> size of members above ``MAX_MEMBER_BYTES``, left unread."""
 
     key: str
     shard: str
@@ -56,6 +60,7 @@ class RawSample:
     members: dict[str, bytes]
     end: int
     copies: int = 1
+    unread: dict[str, int] = field(default_factory=dict)
 
 
 def _pattern_parts(pattern: str) -> list[str]:
@@ -183,6 +188,7 @@ def iter_tar_samples(
     """
     key: str | None = None
     members: dict[str, bytes] = {}
+    unread: dict[str, int] = {}
     copies: Counter[str] = Counter()
     start = base_offset
     count = 0
@@ -202,20 +208,29 @@ def iter_tar_samples(
                     if key is not None:
                         end = base_offset + info.offset
                         yield RawSample(
-                            key, shard, (shard_index, start), members, end, max(copies.values())
+                            key,
+                            shard,
+                            (shard_index, start),
+                            members,
+                            end,
+                            max(copies.values()),
+                            unread,
                         )
                         count += 1
                         if limit is not None and count >= limit:
                             return
                     key, members, start = member_key, {}, base_offset + info.offset
-                    copies = Counter()
+                    copies, unread = Counter(), {}
+                copies[ext] += 1
+                if info.size > MAX_MEMBER_BYTES:
+                    unread[ext] = info.size  # tarfile skips its bytes without keeping them
+                    continue
                 data = tar.extractfile(info).read()  # type: ignore[union-attr]
                 if len(data) != info.size:
                     raise tarfile.ReadError(
                         f"member {info.name} has {len(data)} of {info.size} bytes"
                     )
                 members[ext] = data
-                copies[ext] += 1
         end = base_offset + tar.offset
         if key is not None and seekable and not _end_marker_at(stream, end):
             # tarfile ends quietly when a shard is cut inside or just before a header, so
@@ -228,7 +243,9 @@ def iter_tar_samples(
             raise TruncatedShard(shard, "<none>", str(err), reason) from err
         raise TruncatedShard(shard, key or "<none>", str(err)) from err
     if key is not None:
-        yield RawSample(key, shard, (shard_index, start), members, end, max(copies.values()))
+        yield RawSample(
+            key, shard, (shard_index, start), members, end, max(copies.values()), unread
+        )
 
 
 def _end_marker_at(stream: BinaryIO, offset: int) -> bool:
@@ -416,7 +433,7 @@ class ShardReader(BaseNode[RawSample]):
 
 def invalid_reason(sample: RawSample) -> str:
     """Why a sample cannot be used, judged without decoding its image ('' when it can)."""
-    sizes = {ext: len(data) for ext, data in sample.members.items()}
+    sizes = {**{ext: len(data) for ext, data in sample.members.items()}, **sample.unread}
     return member_reason(
         sizes, sample.copies, sample.members.get(CAPTION_EXT), sample.members.get(JSON_EXT)
     )
@@ -429,6 +446,8 @@ def member_reason(
     cannot be used ('' when it can): the judgement the reader and :func:`count_shard` share."""
     if copies > 1:
         return "duplicate_member"
+    if max(sizes.values(), default=0) > MAX_MEMBER_BYTES:
+        return "too_large"
     if SPLATS_EXT not in sizes:
         image_ext = next((e for e in IMAGE_EXTS if e in sizes), None)
         if image_ext is None:
@@ -456,7 +475,10 @@ def parse_caption(data: bytes) -> str:
 
 def parse_meta(data: bytes) -> dict[str, Any]:
     """A ``.json`` member as a dict; ``ValueError`` when it is not a JSON object."""
-    meta = json.loads(data)
+    try:
+        meta = json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(meta, dict):
         raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
     return meta
@@ -512,7 +534,7 @@ def count_shard(shard: str) -> tuple[int, Counter[str]]:
                         raise tarfile.ReadError(f"member {info.name} cut short")
                     sizes[ext] = info.size
                     copies[ext] += 1
-                    if ext in (CAPTION_EXT, JSON_EXT):
+                    if ext in (CAPTION_EXT, JSON_EXT) and info.size <= MAX_MEMBER_BYTES:
                         small[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
                 end = tar.offset
             if key is not None and not _end_marker_at(stream, end):
