@@ -475,3 +475,19 @@ def test_odd_keys_json_and_exif_are_handled(tmp_path: Path) -> None:
     assert sorted(epoch_keys(loader)) == ["caf\udce9", "exif"]
     assert loader.epoch_stats(0).skipped == {"bad_json": 1}
     assert len(epoch_keys(loader)) == 2 and loader.epoch_stats(1).hit_rate == 1.0
+
+
+def test_drop_last_is_counted_and_one_rank_of_several_only_warns(tmp_path: Path, caplog) -> None:
+    shard = str(img2dataset_shard(tmp_path / "00000.tar", 6))
+    loader = build_loader(tiny_data(shard, drop_last=True), TINY_FIT)
+    assert len(epoch_keys(loader)) == 4
+    assert loader.epoch_stats(0).skipped == {"drop_last": 2}
+    (tmp_path / "dir.tar").mkdir()
+    pattern = f"{shard}::{tmp_path}/dir.tar"
+    with caplog.at_level(logging.WARNING, logger="streamfit.data"):
+        ranks = [
+            build_loader(tiny_data(pattern, shuffle_shards=False), TINY_FIT, rank=r, world_size=2)
+            for r in range(2)
+        ]
+        assert [len(epoch_keys(loader)) for loader in ranks] == [6, 0]
+    assert "rank 1/2: data.shards" in caplog.text and "yielded no samples" in caplog.text

@@ -169,4 +169,7 @@ def build_loader(
     describe = f"data.shards {data_cfg.shards!r} matched {len(reader.shards)} ({matched})"
     if world_size > 1:
         describe = f"rank {rank}/{world_size}: {describe}"
-    return StreamLoader(EpochMeter(node, stats, describe), reader, stats, cache)
+    # one rank raising alone would leave the others waiting in a collective: with several
+    # ranks an empty epoch is logged, and the recipes' sample count stops a run over nothing
+    meter = EpochMeter(node, stats, describe, fail_empty=world_size == 1)
+    return StreamLoader(meter, reader, stats, cache)

@@ -24,7 +24,8 @@ logger = logging.getLogger("streamfit.data")
 
 class SampleBatcher(BaseNode[list[Decoded]]):
     """Lists of ``batch_size`` decoded samples; :class:`Skipped` records are counted in
-    ``stats`` (and logged) instead. The last short batch is kept unless ``drop_last``."""
+    ``stats`` (and logged) instead. The last short batch is kept unless ``drop_last`` (then
+    its samples are counted as ``drop_last``)."""
 
     def __init__(
         self, source: BaseNode, batch_size: int, drop_last: bool, stats: LoaderStats
@@ -55,7 +56,12 @@ class SampleBatcher(BaseNode[list[Decoded]]):
                 self.stats.skip(item.reason, item.shard, item.key, item.detail)
             else:
                 batch.append(item)
-        if not batch or (self.drop_last and len(batch) < self.batch_size):
+        if batch and self.drop_last and len(batch) < self.batch_size:
+            last = batch[-1]
+            detail = f"the short last batch of {len(batch)} (data.drop_last)"
+            self.stats.skip("drop_last", last.shard, last.key, detail, count=len(batch))
+            raise StopIteration
+        if not batch:
             raise StopIteration
         return batch
 
@@ -222,13 +228,25 @@ class EpochMeter(BaseNode[dict]):
     and closes the epoch's stats (with a summary log line) when the epoch ends.
 
     An epoch read from its start that yields nothing raises :class:`EmptyEpoch`, naming
-    ``source`` (the pattern and what it matched) and the skips, rather than ending quietly:
-    a run over nothing is a mistake, not a result.
+    ``describe`` (the pattern and what it matched) and the skips, rather than ending quietly:
+    a run over nothing is a mistake, not a result. With ``fail_empty=False`` (one rank of
+    several, whose peers may wait for it in a collective) it is a warning instead.
     """
 
-    def __init__(self, source: BaseNode[dict], stats: LoaderStats, describe: str = "") -> None:
+    def __init__(
+        self,
+        source: BaseNode[dict],
+        stats: LoaderStats,
+        describe: str = "",
+        fail_empty: bool = True,
+    ) -> None:
         super().__init__()
-        self.source, self.stats, self.describe = source, stats, describe
+        self.source, self.stats, self.describe, self.fail_empty = (
+            source,
+            stats,
+            describe,
+            fail_empty,
+        )
         self._resumed = False
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
@@ -263,10 +281,13 @@ class EpochMeter(BaseNode[dict]):
                 )
                 if not done.samples and not self._resumed:
                     skipped = ", ".join(f"{k}: {v}" for k, v in sorted(done.skipped.items()))
-                    raise EmptyEpoch(
+                    message = (
                         f"epoch {done.epoch} yielded no samples: {self.describe}; "
                         f"skipped {skipped or 'nothing'}"
-                    ) from None
+                    )
+                    if self.fail_empty:
+                        raise EmptyEpoch(message) from None
+                    logger.warning(message)
             raise
         self.stats.add(
             samples=len(batch["keys"]), batches=1, consumer_wait_seconds=time.perf_counter() - start
