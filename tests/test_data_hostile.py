@@ -218,9 +218,11 @@ def test_damaged_cache_is_moved_aside(tmp_path: Path, shard: str, caplog, damage
     cfg = filled_cache(shard, tmp_path / "cache")
     path = tmp_path / "cache" / "splats.sqlite"
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+    for suffix in ("-wal", "-shm"):  # as a run that ended cleanly leaves it
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
     data = path.read_bytes()
     damaged = {
         "garbage": os.urandom(len(data)),

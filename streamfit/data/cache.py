@@ -141,8 +141,8 @@ class SplatCache:
         else:
             _remove_stale_shm(self.path)
             problem = _file_problem(self.path)
-            if problem:
-                self._move_aside(problem)
+            if problem and not self._move_aside(problem):
+                return
         for attempt in range(2):
             try:
                 self._init_store()
@@ -154,7 +154,8 @@ class SplatCache:
                 if self.read_only or attempt:
                     self._switch_off(f"{err}; it cannot be replaced")
                     return
-                self._move_aside(str(err))
+                if not self._move_aside(str(err)):
+                    return
 
     def _init_store(self) -> None:
         """Create the schema (or check it, read-only) and remember which file this is."""
@@ -174,23 +175,28 @@ class SplatCache:
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
 
-    def _move_aside(self, problem: str) -> None:
-        """Rename a damaged store (and its -wal/-shm) to ``*.damaged-<time>``; the next
-        connection creates a fresh one."""
+    def _move_aside(self, problem: str) -> bool:
+        """Rename a damaged store (and its -wal/-shm) to ``*.damaged-<time>``, so the next
+        connection creates a fresh one; False (store switched off) when it cannot be moved."""
         self.close()
         self._generation += 1
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{DB_NAME}.damaged-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                src.rename(f"{aside}{suffix}")
+        aside = self.path.with_name(f"{DB_NAME}.damaged-{stamp}-{os.getpid()}")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    src.rename(f"{aside}{suffix}")
+        except OSError as err:
+            self._switch_off(f"{problem}, and it cannot be moved aside: {err}")
+            return False
         logger.warning(
             "splat cache %s does not open (%s): moved it to %s and started a fresh one",
             self.path,
             problem,
             aside,
         )
+        return True
 
     def _switch_off(self, why: str) -> None:
         if self.enabled:
@@ -475,6 +481,9 @@ def _file_problem(path: Path) -> str:
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(header[28:32], "big")
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size:
+        return ""  # a live writer may be checkpointing: the file can grow behind its header
     # the header's page count is valid only when its change counters agree
     if header[24:28] == header[92:96] and size < pages * page_size:
         return f"cut short: {size} of {pages * page_size} bytes"
