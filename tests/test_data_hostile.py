@@ -493,3 +493,26 @@ def test_drop_last_is_counted_and_one_rank_of_several_only_warns(tmp_path: Path,
         ]
         assert [len(epoch_keys(loader)) for loader in ranks] == [6, 0]
     assert "rank 1/2: data.shards" in caplog.text and "yielded no samples" in caplog.text
+
+
+def test_eval_shards_skip_damage_and_bad_labels(tmp_path: Path) -> None:
+    from streamfit.train.labelled import iter_labelled
+
+    good = write_tar(
+        tmp_path / "val-0.tar",
+        [
+            ("a.jpg", jpeg((1, 2, 3))),
+            ("a.cls", b"7"),
+            ("b.jpg", jpeg((1, 2, 3))),
+            ("b.cls", b"seven"),
+            ("c.jpg", jpeg((1, 2, 3))),
+            ("c.json", b'{"label": [1]}'),
+            ("d.jpg", jpeg((1, 2, 3))),
+            ("d.json", b'{"label": 3}'),
+        ],
+    )
+    with tarfile.open(good) as tar:
+        cut = tar.getmember("b.jpg").offset_data + 10
+    (tmp_path / "val-1.tar").write_bytes(good.read_bytes()[:cut])  # cut inside sample b
+    pattern = f"{tmp_path}/val-{{0..2}}.tar"  # val-2.tar is missing
+    assert [(k, label) for k, _, label in iter_labelled(pattern)] == [("a", 7), ("d", 3), ("a", 7)]

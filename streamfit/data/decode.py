@@ -96,14 +96,15 @@ class Decoder:
             return Skipped(raw.key, raw.shard, "no_image", "RGB requested but the sample has none")
         encoded = raw.members[image_ext] if image_ext is not None else b""
         digest_of = splats if splats is not None else encoded
-        # a key that is not UTF-8 (tar names are decoded with surrogate escapes) cannot be
-        # an SQLite text key as it is
-        cache_id = raw.key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        if cache_id != raw.key:
-            cache_id = "key:" + raw.key.encode("utf-8", "surrogateescape").hex()
-        if self.cache_key == "content":
-            cache_id = hashlib.blake2b(digest_of, digest_size=16).hexdigest()
-        sample = Decoded(raw.key, raw.shard, caption, meta, None, splats, cache_id)
+        sample = Decoded(
+            raw.key,
+            raw.shard,
+            caption,
+            meta,
+            None,
+            splats,
+            cache_id(raw.key, digest_of, self.cache_key),
+        )
         if splats is not None and not self.need_image:
             return sample
         if not self.need_image and self.probe is not None and cache_id in self.probe:
@@ -131,6 +132,16 @@ class Decoder:
         if not np.isfinite(np.frombuffer(blob, dtype="<f2")).all():
             return "non-finite splat parameters"
         return ""
+
+
+def cache_id(key: str, data: bytes, cache_key: str) -> str:
+    """A sample's id in the splat cache: a hash of its encoded image (or splat) bytes
+    (``cache_key="content"``), or its key. A key that is not UTF-8 (tar names are decoded
+    with surrogate escapes) cannot be an SQLite text key as it is, so it goes in hex."""
+    if cache_key == "content":
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
+    raw = key.encode("utf-8", "surrogateescape")
+    return key if raw.decode("utf-8", "replace") == key else "key:" + raw.hex()
 
 
 def decode_image(encoded: bytes, size: int | None, max_pixels: int) -> np.ndarray:
