@@ -135,6 +135,15 @@ def test_make_shards_skips_bad_sidecars(tmp_path: Path) -> None:
     assert result["samples"] == 1 and result["skipped"] == {"bad_caption": 1, "bad_json": 1}
 
 
+def test_make_shards_with_nothing_to_write_is_an_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert (
+        tool("make_shards").main(["folder", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+        == 1
+    )
+    assert "error: no samples written" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -222,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     print_key_values(summary)
     if args.json:
         write_json(args.json, summary)
+    if not summary["samples"]:
+        print(
+            f"error: no samples written (skipped {summary['skipped'] or 'nothing'})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
