@@ -238,6 +238,8 @@ def test_benchmark_then_export_then_read_splat_shards(synthetic: Path, tmp_path:
     )
     exported = json.loads(summary.read_text())
     assert (exported["exported"], exported["from_cache"], exported["n_shards"]) == (24, 24, 3)
+    empty_cache = ["--cache", str(tmp_path / "empty_cache"), "--out", str(tmp_path / "none")]
+    assert tool("export_splats").main(["--shards", shards, *empty_cache, *TINY]) == 1
 
     data = DataConfig(shards=shards, image_size=8, batch_size=8, cache_dir=str(cache), log_every=0)
     fit_cfg = FitConfig(gaussians=4, iters=2, backend="torch", device="cpu")
