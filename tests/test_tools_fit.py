@@ -143,11 +143,13 @@ def test_unreadable_files_are_counted(tmp_path):
     write_inputs(tmp_path / "imgs")
     (tmp_path / "imgs" / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
     (tmp_path / "imgs" / "folder.png").mkdir()
+    (tmp_path / "imgs" / "junk.tar").write_bytes(b"not a tar at all" * 64)
     out = tmp_path / "s.json"
     args = [str(tmp_path / "imgs"), "--size", "16", "--gaussians", "8", "--iters", "1"]
     assert fit_images.main([*args, "--backend", "torch", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())
     assert summary["fitted"] == 4 and summary["skipped"]["unreadable"] == 2
+    assert summary["skipped"]["not a tar"] == 1
 
 
 def test_no_compression_is_said(tmp_path, caplog):

@@ -75,16 +75,22 @@ class ImageSource:
         yield key, data
 
     def _tar(self, path: Path) -> Iterator[tuple[str, bytes]]:
+        opened = False
         try:
             with tarfile.open(path) as tar:
+                opened = True
                 for member in tar:
                     name = Path(member.name)
                     if member.isfile() and name.suffix.lower() in IMAGE_SUFFIXES:
                         key = f"{path.stem}/{name.with_suffix('')}"
                         yield key, tar.extractfile(member).read()
         except (tarfile.TarError, OSError, EOFError) as err:
-            log.warning("skipping the rest of shard %s: %s", path, err)
-            self.skipped["truncated shard"] += 1
+            if opened:
+                log.warning("skipping the rest of shard %s: %s", path, err)
+                self.skipped["truncated shard"] += 1
+            else:
+                log.warning("skipping %s: not a tar (%s)", path, err)
+                self.skipped["not a tar"] += 1
 
 
 def iter_decoded(
