@@ -95,19 +95,11 @@ class Decoder:
         if image_ext is None and (self.need_image or splats is None):
             return Skipped(raw.key, raw.shard, "no_image", "RGB requested but the sample has none")
         encoded = raw.members[image_ext] if image_ext is not None else b""
-        digest_of = splats if splats is not None else encoded
-        sample = Decoded(
-            raw.key,
-            raw.shard,
-            caption,
-            meta,
-            None,
-            splats,
-            cache_id(raw.key, digest_of, self.cache_key),
-        )
+        sample_id = cache_id(raw.key, splats if splats is not None else encoded, self.cache_key)
+        sample = Decoded(raw.key, raw.shard, caption, meta, None, splats, sample_id)
         if splats is not None and not self.need_image:
             return sample
-        if not self.need_image and self.probe is not None and cache_id in self.probe:
+        if not self.need_image and self.probe is not None and sample_id in self.probe:
             sample.encoded = encoded
             return sample
         try:
