@@ -57,7 +57,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
     parser.add_argument("--init", choices=("structured", "random"))
     parser.add_argument("--prune-luminance", type=float, help="0 disables pruning")
     parser.add_argument("--l1", type=float, help="L1 weight on splat colours")
-    parser.add_argument("--size", type=int, default=224, help="resize + centre-crop side; 0 = keep")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=224,
+        help=f"resize + centre-crop side (>= {MIN_SIZE}); 0 = keep; images too small for the splats are skipped",
+    )
     parser.add_argument("--batch", type=int, default=8, help="images fitted together")
     parser.add_argument("--limit", type=int, help="fit at most this many images")
     parser.add_argument("--out", type=Path, help="folder for .splats files and previews")
