@@ -516,3 +516,17 @@ def test_eval_shards_skip_damage_and_bad_labels(tmp_path: Path) -> None:
     (tmp_path / "val-1.tar").write_bytes(good.read_bytes()[:cut])  # cut inside sample b
     pattern = f"{tmp_path}/val-{{0..2}}.tar"  # val-2.tar is missing
     assert [(k, label) for k, _, label in iter_labelled(pattern)] == [("a", 7), ("d", 3), ("a", 7)]
+
+
+@pytest.mark.parametrize("where", ["a_file", "store_is_a_folder"])
+def test_unusable_cache_place_switches_the_cache_off(tmp_path: Path, caplog, where: str) -> None:
+    place = tmp_path / "cache"
+    if where == "a_file":
+        place.write_text("not a folder")
+    else:
+        (place / "splats.sqlite").mkdir(parents=True)
+    shard = str(img2dataset_shard(tmp_path / "00000.tar", 3))
+    with caplog.at_level(logging.WARNING, logger="streamfit.data"):
+        loader = build_loader(tiny_data(shard, cache_dir=str(place)), TINY_FIT)
+        assert len(epoch_keys(loader)) == 3 and not loader.cache.enabled
+    assert caplog.text.count("switched off") == 1

@@ -472,8 +472,8 @@ def _file_problem(path: Path) -> str:
         size = path.stat().st_size
         with path.open("rb") as f:
             header = f.read(100)
-    except FileNotFoundError:
-        return ""
+    except OSError:
+        return ""  # absent (a fresh store), or not a file: opening it will say why
     if size == 0:
         return ""  # SQLite's empty database
     if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
