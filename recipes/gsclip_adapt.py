@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import rgb_pretrain  # noqa: E402
 
 from streamfit.config import ConfigError, load_config, to_yaml  # noqa: E402
-from streamfit.data import build_loader  # noqa: E402
+from streamfit.data import EmptyEpoch, build_loader  # noqa: E402
 from streamfit.fit import get_backend  # noqa: E402
 from streamfit.models import build_gs_clip  # noqa: E402
 from streamfit.report import write_json  # noqa: E402
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(AdaptConfig, argv, DEFAULT_CONFIG)
     try:
         train(cfg, wall_start)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, EmptyEpoch) as err:
         sys.exit(f"error: {err}")
 
 

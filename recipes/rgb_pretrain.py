@@ -26,7 +26,7 @@ from open_clip.model import get_model_preprocess_cfg
 from tqdm import tqdm
 
 from streamfit.config import ConfigError, to_yaml
-from streamfit.data import build_loader
+from streamfit.data import EmptyEpoch, build_loader
 from streamfit.fit import FitConfig
 from streamfit.models import load_teacher
 from streamfit.report import write_json
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(RGBPretrainConfig, argv, DEFAULT_CONFIG)
     try:
         summary = train(cfg)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, EmptyEpoch) as err:
         sys.exit(f"error: {err}")
     print(f"teacher weights: {summary.get('best_model')}")
 

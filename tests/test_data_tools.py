@@ -84,6 +84,82 @@ def test_make_shards_from_folder_and_table(tmp_path: Path) -> None:
     assert Image.open(io.BytesIO(samples[0].members["png"])).getpixel((0, 0)) == (0, 0, 255)
 
 
+def test_make_shards_table_with_absolute_and_file_urls(tmp_path: Path) -> None:
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    photos.mkdir()
+    elsewhere.mkdir()
+    Image.new("RGB", (9, 9), "red").save(photos / "red.png")
+    Image.new("RGB", (9, 9), "green").save(elsewhere / "green.png")
+    Image.new("RGB", (9, 9), "blue").save(elsewhere / "blue dot.png")
+    table = tmp_path / "urls.csv"
+    with table.open("w", newline="", encoding="utf-8-sig") as f:  # as Excel writes it
+        csv.writer(f).writerows(
+            [
+                ["url", "caption", "extra"],
+                [str(photos / "red.png"), "absolute", "x"],
+                [(elsewhere / "green.png").as_uri(), "a file:// URL", "x"],
+                [(elsewhere / "blue dot.png").as_uri(), "a quoted file:// URL", "x"],
+                ["https://example.com/a.jpg", "remote", "x"],
+                [str(elsewhere / "gone.png"), "missing", "x"],
+            ]
+        )
+    summary = tmp_path / "s.json"
+    args = ["folder", str(photos), "--captions", str(table), "--path-column", "url"]
+    assert (
+        tool("make_shards").main([*args, "--out", str(tmp_path / "out"), "--json", str(summary)])
+        == 0
+    )
+    result = json.loads(summary.read_text())
+    assert result["samples"] == 3 and result["skipped"] == {"not_local": 1, "missing_file": 1}
+    samples = list(ShardReader(expand_shards(result["shards"]), shuffle_buffer=1))
+    sources = sorted(json.loads(s.members["json"])["source"] for s in samples)
+    assert sources == [str(elsewhere / "blue dot.png"), str(elsewhere / "green.png"), "red.png"]
+
+
+def test_make_shards_skips_bad_sidecars(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (9, 9), "red").save(src / f"{name}.png")
+        (src / f"{name}.txt").write_text(f"picture {name}")
+    (src / "b.txt").write_bytes(b"caf\xe9")  # Latin-1, not UTF-8
+    (src / "c.json").write_text("[1, 2]")  # JSON, but not an object
+    summary = tmp_path / "s.json"
+    assert (
+        tool("make_shards").main(
+            ["folder", str(src), "--out", str(tmp_path / "o"), "--json", str(summary)]
+        )
+        == 0
+    )
+    result = json.loads(summary.read_text())
+    assert result["samples"] == 1 and result["skipped"] == {"bad_caption": 1, "bad_json": 1}
+
+
+def test_make_shards_with_nothing_to_write_is_an_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert (
+        tool("make_shards").main(["folder", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+        == 1
+    )
+    assert "error: no samples written" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["folder", "{src}", "--out", "{out}", "--shard-size", "0"],
+        ["synthetic", "--out", "{out}", "--shard-size", "0"],
+        ["folder", "{src}", "--out", "{out}", "--captions", "{src}/none.csv"],
+    ],
+)
+def test_make_shards_usage_errors(tmp_path: Path, capsys, args: list[str]) -> None:
+    args = [a.format(src=tmp_path, out=tmp_path / "out") for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        tool("make_shards").main(args)
+    assert exit_info.value.code == 2 and "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
@@ -162,6 +238,8 @@ def test_benchmark_then_export_then_read_splat_shards(synthetic: Path, tmp_path:
     )
     exported = json.loads(summary.read_text())
     assert (exported["exported"], exported["from_cache"], exported["n_shards"]) == (24, 24, 3)
+    empty_cache = ["--cache", str(tmp_path / "empty_cache"), "--out", str(tmp_path / "none")]
+    assert tool("export_splats").main(["--shards", shards, *empty_cache, *TINY]) == 1
 
     data = DataConfig(shards=shards, image_size=8, batch_size=8, cache_dir=str(cache), log_every=0)
     fit_cfg = FitConfig(gaussians=4, iters=2, backend="torch", device="cpu")

@@ -99,23 +99,65 @@ def test_fit_images_reads_shards_and_limits(tmp_path):
     assert [r["key"] for r in json.loads(out.read_text())["images"]] == ["s/0000", "s/0001"]
 
 
-def test_too_many_splats_is_a_clear_error(tmp_path, capsys):
+def test_images_too_small_for_the_splats_are_skipped_and_counted(tmp_path, capsys):
+    write_inputs(tmp_path / "imgs")  # rgb 20x30, grey 18x18, rgba 16x24, one_pixel 1x1
+    out = tmp_path / "s.json"
+    args = [str(tmp_path / "imgs"), "--size", "0", "--gaussians", "300", "--iters", "2"]
+    assert fit_images.main([*args, "--backend", "torch", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert sorted(r["key"] for r in summary["images"]) == ["grey", "rgb", "rgba"]
+    assert summary["skipped"]["too_small"] == 1 and summary["fitted"] == 3
+    assert "mean" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "-5"], "--size must be 0"),
+        (["--size", "7"], "--size must be 0"),
+        (["--size", "8", "--gaussians", "65"], "more splats than pixels"),
+        (["--gaussians", "0"], "gaussians"),
+        (["--limit", "0"], "--limit must be >= 1"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(tmp_path, capsys, args, message):
     write_inputs(tmp_path / "imgs")
-    with pytest.raises(ValueError, match="more splats than pixels"):
-        fit_images.main(
-            [
-                str(tmp_path / "imgs" / "rgb.png"),
-                "--size",
-                "4",
-                "--gaussians",
-                "17",
-                "--backend",
-                "torch",
-            ]
-        )
-    with pytest.raises(SystemExit):
-        fit_images.main([str(tmp_path / "imgs"), "--gaussians", "0"])
-    assert "gaussians" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        fit_images.main([str(tmp_path / "imgs"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_file_and_empty_folder_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit_images.main([str(tmp_path / "nope.jpg")])
+    assert exit_info.value.code == 2
+    assert "no such image, folder or shard" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert fit_images.main([str(tmp_path / "empty"), "--backend", "torch"]) == 1
+    assert "error: no images in" in capsys.readouterr().err
+
+
+def test_unreadable_files_are_counted(tmp_path):
+    write_inputs(tmp_path / "imgs")
+    (tmp_path / "imgs" / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (tmp_path / "imgs" / "folder.png").mkdir()
+    (tmp_path / "imgs" / "junk.tar").write_bytes(b"not a tar at all" * 64)
+    out = tmp_path / "s.json"
+    args = [str(tmp_path / "imgs"), "--size", "16", "--gaussians", "8", "--iters", "1"]
+    assert fit_images.main([*args, "--backend", "torch", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["fitted"] == 4 and summary["skipped"]["unreadable"] == 2
+    assert summary["skipped"]["not a tar"] == 1
+
+
+def test_no_compression_is_said(tmp_path, caplog):
+    write_inputs(tmp_path / "imgs")
+    args = [str(tmp_path / "imgs" / "rgb.png"), "--size", "8", "--gaussians", "16", "--iters", "1"]
+    with caplog.at_level("WARNING"):
+        assert fit_images.main([*args, "--backend", "torch"]) == 0
+    assert "no compression" in caplog.text
 
 
 def test_prune_sweep_table_json_and_plot(tmp_path):

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from streamfit.config import ConfigError, load_config, to_yaml
-from streamfit.data import DataConfig, build_loader
+from streamfit.data import DataConfig, EmptyEpoch, build_loader
 from streamfit.fit import BACKENDS, FitConfig
 from streamfit.report import write_json
 
@@ -92,10 +92,9 @@ def run(args: argparse.Namespace, cfg: BenchConfig) -> list[dict]:
     loader = build_loader(cfg.data, cfg.fit, rank=args.rank, world_size=args.world_size)
     results = []
     for epoch in range(args.epochs):
-        progress = tqdm(desc=f"epoch {epoch}", unit="sample", leave=False)
-        for batch in loader:
-            progress.update(len(batch["keys"]))
-        progress.close()
+        with tqdm(desc=f"epoch {epoch}", unit="sample", leave=False) as progress:
+            for batch in loader:
+                progress.update(len(batch["keys"]))
         stats = loader.epoch_stats(epoch)
         row = stats.to_dict()
         row["samples_per_s"] = stats.samples / stats.seconds if stats.seconds else 0.0
@@ -137,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     print(to_yaml(cfg))
     start = time.strftime("%Y-%m-%d %H:%M:%S")
-    results = run(args, cfg)
+    try:
+        results = run(args, cfg)
+    except (FileNotFoundError, EmptyEpoch) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(table(results))
     if args.json:
         report = {

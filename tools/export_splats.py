@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from streamfit.config import ConfigError, load_config, to_yaml
-from streamfit.data import DataConfig, build_loader, cache_settings
+from streamfit.data import DataConfig, EmptyEpoch, build_loader, cache_settings
 from streamfit.data.writer import ShardWriter, shard_pattern
 from streamfit.fit import BACKENDS, FitConfig
 from streamfit.report import print_key_values, write_json
@@ -134,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, cfg = parse_args(argv)
     print(to_yaml(cfg))
-    summary = export(args, cfg)
+    try:
+        summary = export(args, cfg)
+    except (FileNotFoundError, EmptyEpoch) as err:  # e.g. nothing cached and no --fit-missing
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print_key_values(summary)
     if args.json:
         write_json(args.json, summary)

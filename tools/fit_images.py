@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,13 @@ from tqdm.auto import tqdm
 from streamfit.config import ConfigError, load_config, to_yaml
 from streamfit.data.local_images import ImageSource, iter_decoded
 from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
+from streamfit.fit.init import check_splat_count
 from streamfit.render import cholesky_factors
 from streamfit.report import write_json
+from streamfit.splats import BYTES_PER_SPLAT
+
+# Below this side an image is a handful of pixels: nothing a splat fit can show.
+MIN_SIZE = 8
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitConfig]:
@@ -51,7 +57,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
     parser.add_argument("--init", choices=("structured", "random"))
     parser.add_argument("--prune-luminance", type=float, help="0 disables pruning")
     parser.add_argument("--l1", type=float, help="L1 weight on splat colours")
-    parser.add_argument("--size", type=int, default=224, help="resize + centre-crop side; 0 = keep")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=224,
+        help=f"resize + centre-crop side (>= {MIN_SIZE}); 0 = keep; images too small for the splats are skipped",
+    )
     parser.add_argument("--batch", type=int, default=8, help="images fitted together")
     parser.add_argument("--limit", type=int, help="fit at most this many images")
     parser.add_argument("--out", type=Path, help="folder for .splats files and previews")
@@ -76,11 +87,45 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
     overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
     if args.batch < 1:
         parser.error("--batch must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be >= 1")
+    if args.size != 0 and args.size < MIN_SIZE:
+        parser.error(f"--size must be 0 (keep each image's size) or >= {MIN_SIZE}, got {args.size}")
+    for path in args.inputs:
+        if not path.exists():
+            parser.error(f"no such image, folder or shard: {path}")
     try:
         cfg = load_config(FitConfig, args.config, overrides)
+        if args.size:
+            check_splat_count(cfg.gaussians, args.size, args.size)
     except (ConfigError, ValueError) as err:
         parser.error(str(err))
+    if args.size and BYTES_PER_SPLAT * cfg.gaussians >= 3 * args.size**2:
+        logging.warning(
+            "%d splats take %d bytes, no fewer than the %d bytes of a %dx%d RGB image: "
+            "no compression",
+            cfg.gaussians,
+            BYTES_PER_SPLAT * cfg.gaussians,
+            3 * args.size**2,
+            args.size,
+            args.size,
+        )
     return args, cfg
+
+
+def fittable(
+    decoded: Iterable[tuple[str, torch.Tensor]], gaussians: int, skipped: Counter
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The images that can hold ``gaussians`` splats (one pixel each at least); the others
+    are logged and counted as ``too_small``, so one tiny image does not end the run."""
+    for key, image in decoded:
+        try:
+            check_splat_count(gaussians, image.shape[0], image.shape[1])
+        except ValueError as err:
+            logging.warning("skipping %s: %s", key, err)
+            skipped["too_small"] += 1
+            continue
+        yield key, image
 
 
 def preview(original: torch.Tensor, recon: torch.Tensor, params: torch.Tensor) -> Image.Image:
@@ -118,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     source = ImageSource(args.inputs)
     skipped: Counter = source.skipped
-    decoded = iter_decoded(source, args.size or None, skipped)
+    decoded = fittable(iter_decoded(source, args.size or None, skipped), cfg.gaussians, skipped)
     if args.limit is not None:
         decoded = itertools.islice(decoded, args.limit)
 
@@ -137,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += fit_group(group, cfg, backend, record_at, curves, args)
         bar.update(len(keys))
     bar.close()
+    if not rows and not skipped:
+        print(f"error: no images in {', '.join(map(str, args.inputs))}", file=sys.stderr)
+        return 1
 
     fitted = [r for r in rows if r["psnr"] is not None]
     summary = {

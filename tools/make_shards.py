@@ -11,6 +11,12 @@
 
 Images are stored as they are (no re-encoding); files that do not open as images, lack a
 caption, or are not listed in the table are skipped and counted.
+
+The caption table (``--captions``) needs two columns, other columns are ignored:
+
+- ``--path-column`` (default ``path``): the image, relative to the folder, absolute, or a
+  ``file://`` URL (remote URLs are skipped as ``not_local``: download them with img2dataset);
+- ``--caption-column`` (default ``caption``): its caption (empty ones are skipped).
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from streamfit.data.shards import parse_meta
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.data.writer import ShardWriter, shard_pattern
 from streamfit.report import print_key_values, write_json
@@ -36,39 +45,79 @@ IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 
 
 def read_caption_table(path: Path, path_column: str, caption_column: str) -> dict[str, str]:
-    """``relative image path -> caption`` from a CSV, TSV or Parquet file."""
+    """``image path entry -> caption`` from a CSV, TSV or Parquet file."""
     if path.suffix.lower() == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise SystemExit("reading Parquet needs pyarrow: pip install pyarrow") from None
+        names = pq.read_schema(path).names
+        missing = {path_column, caption_column} - set(names)
+        if missing:
+            raise SystemExit(f"{path}: no column(s) {sorted(missing)}; has {names}")
         table = pq.read_table(path, columns=[path_column, caption_column]).to_pydict()
         rows = zip(table[path_column], table[caption_column], strict=True)
         return {str(p): str(c) for p, c in rows}
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        missing = {path_column, caption_column} - set(reader.fieldnames or ())
-        if missing:
-            raise SystemExit(f"{path}: no column(s) {sorted(missing)}; has {reader.fieldnames}")
-        return {row[path_column]: row[caption_column] for row in reader}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no column
+            reader = csv.DictReader(f, delimiter=delimiter)
+            missing = {path_column, caption_column} - set(reader.fieldnames or ())
+            if missing:
+                raise SystemExit(f"{path}: no column(s) {sorted(missing)}; has {reader.fieldnames}")
+            return {row[path_column]: row[caption_column] or "" for row in reader}
+    except UnicodeDecodeError as err:
+        raise SystemExit(f"{path}: not UTF-8 text ({err})") from None
+
+
+def table_path(root: Path, entry: str) -> Path | None:
+    """The local file a table entry names: relative to ``root``, absolute, or a ``file://``
+    URL; None for a remote URL."""
+    if entry.startswith("file://"):
+        return Path(url2pathname(urlparse(entry).path))
+    if "://" in entry:
+        return None
+    path = Path(entry)
+    return path if path.is_absolute() else root / path
+
+
+def source_name(path: Path, root: Path) -> str:
+    """How a sample's ``source`` is recorded: relative to ``root`` when inside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def folder_samples(
     root: Path, captions: dict[str, str] | None, skipped: Counter[str]
 ) -> Iterator[tuple[Path, str, dict]]:
-    """``(image path, caption, extra json)`` for each usable image under ``root``, sorted."""
+    """``(image path, caption, extra json)`` for each usable image under ``root`` (sorted) or
+    in the caption table (in its order)."""
     if captions is not None:
-        paths = [root / p for p in captions]
+        listed: list[tuple[Path, str]] = []
+        for entry, caption in captions.items():
+            path = table_path(root, entry)
+            if path is None:
+                skipped["not_local"] += 1
+                log.warning("skipped %s: not a local file", entry)
+            elif not path.is_file():
+                skipped["missing_file"] += 1
+                log.warning("skipped %s: no such file", entry)
+            else:
+                listed.append((path, caption))
     else:
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    for path in paths:
-        rel = path.relative_to(root).as_posix()
-        if captions is not None:
-            caption = captions[rel]
-        else:
+        listed = []
+        for path in paths:
             sidecar = path.with_suffix(".txt")
-            caption = sidecar.read_text(encoding="utf-8") if sidecar.is_file() else ""
+            try:
+                listed.append((path, sidecar.read_text("utf-8") if sidecar.is_file() else ""))
+            except (OSError, UnicodeDecodeError) as err:
+                skipped["bad_caption"] += 1
+                log.warning("skipped %s: caption file unreadable (%s)", sidecar, err)
+    for path, caption in listed:
+        rel = source_name(path, root)
         if not caption.strip():
             skipped["no_caption"] += 1
             log.warning("skipped %s: no caption", rel)
@@ -77,8 +126,8 @@ def folder_samples(
         sidecar_json = path.with_suffix(".json")
         if sidecar_json.is_file():
             try:
-                extra = json.loads(sidecar_json.read_text(encoding="utf-8"))
-            except ValueError as err:
+                extra = parse_meta(sidecar_json.read_bytes())
+            except (OSError, ValueError) as err:
                 skipped["bad_json"] += 1
                 log.warning("skipped %s: bad json sidecar (%s)", rel, err)
                 continue
@@ -93,7 +142,7 @@ def write_folder(args: argparse.Namespace) -> dict:
     writer = ShardWriter(args.out, prefix=args.prefix, shard_size=args.shard_size)
     samples = list(folder_samples(args.src, captions, skipped))
     for path, caption, extra in tqdm(samples, desc="shards", unit="image"):
-        rel = path.relative_to(args.src).as_posix()
+        rel = source_name(path, args.src)
         ext = IMAGE_SUFFIXES.get(path.suffix.lower())
         if ext is None:
             skipped["unsupported_format"] += 1
@@ -143,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="source", required=True)
     folder = sub.add_parser("folder", help="a folder of images with captions")
     folder.add_argument("src", type=Path, help="folder of images")
-    folder.add_argument("--captions", type=Path, help="CSV/TSV/Parquet of path + caption")
-    folder.add_argument("--path-column", default="path")
+    folder.add_argument(
+        "--captions", type=Path, help="CSV/TSV/Parquet of image path + caption (columns above)"
+    )
+    folder.add_argument(
+        "--path-column", default="path", help="relative to SRC, absolute, or file:// URL"
+    )
     folder.add_argument("--caption-column", default="caption")
     folder.add_argument("--prefix", default="shard", help="shard names: PREFIX-000000.tar")
     synthetic = sub.add_parser("synthetic", help="the procedural shapes dataset")
@@ -157,12 +210,24 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
         p.add_argument("--json", type=Path, help="write the summary here")
     args = parser.parse_args(argv)
+    if args.shard_size < 1:
+        parser.error(f"--shard-size must be >= 1, got {args.shard_size}")
     if args.source == "folder" and not args.src.is_dir():
         parser.error(f"not a folder: {args.src}")
+    if args.source == "folder" and args.captions and not args.captions.is_file():
+        parser.error(f"no such caption table: {args.captions}")
+    if args.source == "synthetic" and min(args.n_train, args.n_heldout) < 0:
+        parser.error("--n-train and --n-heldout must be >= 0")
     summary = write_folder(args) if args.source == "folder" else write_synthetic(args)
     print_key_values(summary)
     if args.json:
         write_json(args.json, summary)
+    if not summary["samples"]:
+        print(
+            f"error: no samples written (skipped {summary['skipped'] or 'nothing'})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

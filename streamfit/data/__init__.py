@@ -4,10 +4,12 @@ splat cache -> tokenized batches (torchdata.nodes), plus the synthetic demo data
 from streamfit.data.cache import SplatCache
 from streamfit.data.config import DataConfig
 from streamfit.data.loader import StreamLoader, build_loader, cache_settings
+from streamfit.data.nodes import EmptyEpoch
 from streamfit.data.stats import EpochStats, LoaderStats
 
 __all__ = [
     "DataConfig",
+    "EmptyEpoch",
     "EpochStats",
     "LoaderStats",
     "SplatCache",

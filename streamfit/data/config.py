@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streamfit.data.shards import check_pattern
+
 CACHE_KEYS = ("content", "key")
 SPLITS = ("shard", "sample")
 
@@ -21,7 +23,9 @@ class DataConfig:
     after the shuffle; needs at least ``world_size`` shards), ``sample`` has every rank read
     every shard and keep every ``world_size``-th sample (for few, large shards).
     ``cache_key``: ``content`` keys the splat cache by a hash of the encoded image bytes (safe
-    when sample keys repeat across datasets), ``key`` by the shard's sample key.
+    when sample keys repeat across datasets, as they do across img2dataset runs, which all
+    number their samples from ``000000000``), ``key`` by the shard's sample key (only for keys
+    unique over every shard the cache ever sees).
     ``cache_max_bytes``: bound on stored splat bytes; least recently used entries go first.
     An empty ``cache_dir`` disables the cache (every sample is fitted every epoch).
     """
@@ -47,6 +51,10 @@ class DataConfig:
     log_every: int = 1  # batches between per-batch timing log lines (0: never)
 
     def __post_init__(self) -> None:
+        try:
+            check_pattern(self.shards)
+        except ValueError as err:
+            raise ValueError(f"data.shards: {err}") from None
         if self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
         if self.batch_size < 1:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +18,19 @@ import numpy as np
 from PIL import Image
 
 from streamfit.data.cache import CacheProbe
-from streamfit.data.shards import CAPTION_EXT, IMAGE_EXTS, JSON_EXT, SPLATS_EXT, RawSample
+from streamfit.data.shards import (
+    CAPTION_EXT,
+    IMAGE_EXTS,
+    JSON_EXT,
+    SPLATS_EXT,
+    RawSample,
+    parse_caption,
+    parse_meta,
+)
 from streamfit.splats import BYTES_PER_SPLAT
 
 # Part of the cache's settings hash: bump when decoding changes the pixels handed to the fitter.
-DECODE_VERSION = 1
+DECODE_VERSION = 2
 
 
 @dataclass
@@ -71,13 +78,11 @@ class Decoder:
 
     def __call__(self, raw: RawSample) -> Decoded | Skipped:
         try:
-            caption = raw.members[CAPTION_EXT].decode("utf-8").strip()
-        except UnicodeDecodeError as err:
+            caption = parse_caption(raw.members[CAPTION_EXT])
+        except ValueError as err:
             return Skipped(raw.key, raw.shard, "bad_caption", str(err))
         try:
-            meta = json.loads(raw.members[JSON_EXT]) if JSON_EXT in raw.members else {}
-            if not isinstance(meta, dict):
-                raise ValueError(f"expected an object, got {type(meta).__name__}")
+            meta = parse_meta(raw.members[JSON_EXT]) if JSON_EXT in raw.members else {}
         except ValueError as err:
             return Skipped(raw.key, raw.shard, "bad_json", str(err))
 
@@ -90,14 +95,11 @@ class Decoder:
         if image_ext is None and (self.need_image or splats is None):
             return Skipped(raw.key, raw.shard, "no_image", "RGB requested but the sample has none")
         encoded = raw.members[image_ext] if image_ext is not None else b""
-        digest_of = splats if splats is not None else encoded
-        cache_id = raw.key
-        if self.cache_key == "content":
-            cache_id = hashlib.blake2b(digest_of, digest_size=16).hexdigest()
-        sample = Decoded(raw.key, raw.shard, caption, meta, None, splats, cache_id)
+        sample_id = cache_id(raw.key, splats if splats is not None else encoded, self.cache_key)
+        sample = Decoded(raw.key, raw.shard, caption, meta, None, splats, sample_id)
         if splats is not None and not self.need_image:
             return sample
-        if not self.need_image and self.probe is not None and cache_id in self.probe:
+        if not self.need_image and self.probe is not None and sample_id in self.probe:
             sample.encoded = encoded
             return sample
         try:
@@ -124,23 +126,48 @@ class Decoder:
         return ""
 
 
+def cache_id(key: str, data: bytes, cache_key: str) -> str:
+    """A sample's id in the splat cache: a hash of its encoded image (or splat) bytes
+    (``cache_key="content"``), or its key. A key that is not UTF-8 (tar names are decoded
+    with surrogate escapes) cannot be an SQLite text key as it is, so it goes in hex."""
+    if cache_key == "content":
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
+    raw = key.encode("utf-8", "surrogateescape")
+    return key if raw.decode("utf-8", "replace") == key else "key:" + raw.hex()
+
+
 def decode_image(encoded: bytes, size: int | None, max_pixels: int) -> np.ndarray:
     """Encoded image -> ``[S, S, 3]`` uint8 RGB: shorter side resized to ``size`` (bicubic),
-    centre crop; ``size=None`` keeps the image as it is. Greyscale, palette and RGBA images
-    become RGB (alpha dropped). Raises :class:`ImageTooLarge` from the header alone, and
-    PIL's ``OSError``/``ValueError``/``SyntaxError`` for undecodable bytes."""
+    centre crop; ``size=None`` keeps the image as it is. The EXIF orientation is applied (a
+    phone photo comes out upright); greyscale, palette, CMYK and RGBA images become RGB
+    (alpha dropped); 16-bit and other high-depth modes are scaled to 8 bits. Raises
+    :class:`ImageTooLarge` (or PIL's ``DecompressionBombError``) from the header alone, and
+    ``ValueError`` naming what PIL raised for bytes that do not decode."""
+    try:
+        return _decode(encoded, size, max_pixels)
+    except (ImageTooLarge, Image.DecompressionBombError):
+        raise
+    except Exception as err:  # PIL raises many types (OSError, EOFError, struct.error, ...)
+        raise ValueError(f"{type(err).__name__}: {err}") from err
+
+
+def _decode(encoded: bytes, size: int | None, max_pixels: int) -> np.ndarray:
     with Image.open(io.BytesIO(encoded)) as im:
         width, height = im.size
         if width < 1 or height < 1:
             raise ValueError(f"image has no pixels ({width}x{height})")
         if width * height > max_pixels:
             raise ImageTooLarge(f"{width}x{height} pixels exceeds {max_pixels}")
+        try:
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+        except Exception:  # a damaged EXIF block costs the orientation, not the image
+            orientation = 1
         if size is not None:
             short = min(width, height)
             # JPEG: let libjpeg decode at a reduced scale (still >= size on the shorter side),
             # much faster than full decode + resize for large photos
             im.draft("RGB", (math.ceil(width * size / short), math.ceil(height * size / short)))
-        rgb = im.convert("RGB")
+        rgb = _to_rgb(im)
     if size is not None:
         width, height = rgb.size
         short = min(width, height)
@@ -148,7 +175,42 @@ def decode_image(encoded: bytes, size: int | None, max_pixels: int) -> np.ndarra
         rgb = rgb.resize(
             (size, size), Image.Resampling.BICUBIC, box=(left, top, left + short, top + short)
         )
+    if orientation in _ORIENT:
+        # after the centre crop: cropping the centre square commutes with these flips and
+        # quarter turns, and turning S x S pixels is cheaper than the whole photo
+        rgb = rgb.transpose(_ORIENT[orientation])
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL mode. ``convert("RGB")`` clips 16-bit and float values at 255
+    (a 16-bit greyscale PNG comes out almost white), so those are scaled first: 16-bit modes
+    by 1/257, 32-bit integers by their apparent depth (8 or 16 bits, else their maximum),
+    floats from 0..1 (else clipped to 0..255)."""
+    if im.mode.startswith("I") or im.mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        top = float(values.max(initial=0.0))
+        if im.mode.startswith("I;16"):
+            scale = 255.0 / 65535.0
+        elif im.mode == "F":
+            scale = 255.0 if top <= 1.0 else 1.0
+        else:
+            scale = 1.0 if top <= 255 else 255.0 / (65535.0 if top <= 65535 else top)
+        grey = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return im.convert("RGB")
+
+
+EXIF_ORIENTATION = 0x0112
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageTooLarge(ValueError):

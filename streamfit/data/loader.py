@@ -43,7 +43,7 @@ import logging
 import torch
 from torchdata.nodes import Loader, Mapper, ParallelMapper, Prefetcher
 
-from streamfit.data.cache import CacheProbe, SplatCache
+from streamfit.data.cache import SplatCache
 from streamfit.data.config import DataConfig
 from streamfit.data.decode import DECODE_VERSION, Decoder
 from streamfit.data.nodes import EpochMeter, FitNode, SampleBatcher, Tokenize
@@ -117,12 +117,18 @@ def build_loader(
         stats=stats,
     )
     settings = cache_settings(data_cfg, fit_cfg)
+    if cache is not None and data_cfg.cache_key == "key":
+        logger.warning(
+            "data.cache_key=key: splats are found by sample key alone, so keys must be unique "
+            "over every shard this cache sees (img2dataset runs all start at 000000000; "
+            "cache_key=content is safe)"
+        )
     decoder = Decoder(
         data_cfg.image_size,
         data_cfg.max_image_pixels,
         need_image=data_cfg.yield_rgb,
         cache_key=data_cfg.cache_key,
-        probe=CacheProbe(cache.path, settings) if cache is not None else None,
+        probe=cache.probe(settings) if cache is not None else None,
     )
     decoded = ParallelMapper(
         reader,
@@ -159,4 +165,11 @@ def build_loader(
         backend.device,
         cache.path if cache is not None else "off",
     )
-    return StreamLoader(EpochMeter(node, stats), reader, stats, cache)
+    matched = ", ".join(reader.shards[:3]) + (", ..." if len(reader.shards) > 3 else "")
+    describe = f"data.shards {data_cfg.shards!r} matched {len(reader.shards)} ({matched})"
+    if world_size > 1:
+        describe = f"rank {rank}/{world_size}: {describe}"
+    # one rank raising alone would leave the others waiting in a collective: with several
+    # ranks an empty epoch is logged, and the recipes' sample count stops a run over nothing
+    meter = EpochMeter(node, stats, describe, fail_empty=world_size == 1)
+    return StreamLoader(meter, reader, stats, cache)

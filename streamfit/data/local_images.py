@@ -54,27 +54,43 @@ class ImageSource:
             if path.is_dir():
                 for child in sorted(path.rglob("*")):
                     if child.suffix.lower() in IMAGE_SUFFIXES:
-                        yield str(child.relative_to(path).with_suffix("")), child.read_bytes()
+                        key = str(child.relative_to(path).with_suffix(""))
+                        yield from self._file(key, child)
                     elif child.suffix == ".tar":
                         yield from self._tar(child)
             elif path.suffix == ".tar":
                 yield from self._tar(path)
-            elif path.is_file():
-                yield path.stem, path.read_bytes()
+            elif path.exists():
+                yield from self._file(path.stem, path)
             else:
                 raise FileNotFoundError(f"no such image, folder or shard: {path}")
 
+    def _file(self, key: str, path: Path) -> Iterator[tuple[str, bytes]]:
+        try:
+            data = path.read_bytes()
+        except OSError as err:  # unreadable, a broken link, a folder named like an image
+            log.warning("skipping %s: %s", path, err)
+            self.skipped["unreadable"] += 1
+            return
+        yield key, data
+
     def _tar(self, path: Path) -> Iterator[tuple[str, bytes]]:
+        opened = False
         try:
             with tarfile.open(path) as tar:
+                opened = True
                 for member in tar:
                     name = Path(member.name)
                     if member.isfile() and name.suffix.lower() in IMAGE_SUFFIXES:
                         key = f"{path.stem}/{name.with_suffix('')}"
                         yield key, tar.extractfile(member).read()
         except (tarfile.TarError, OSError, EOFError) as err:
-            log.warning("skipping the rest of shard %s: %s", path, err)
-            self.skipped["truncated shard"] += 1
+            if opened:
+                log.warning("skipping the rest of shard %s: %s", path, err)
+                self.skipped["truncated shard"] += 1
+            else:
+                log.warning("skipping %s: not a tar (%s)", path, err)
+                self.skipped["not a tar"] += 1
 
 
 def iter_decoded(

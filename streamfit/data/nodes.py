@@ -5,7 +5,6 @@ root. Each node's state is its source's state, so the reader's small state resum
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,8 @@ logger = logging.getLogger("streamfit.data")
 
 class SampleBatcher(BaseNode[list[Decoded]]):
     """Lists of ``batch_size`` decoded samples; :class:`Skipped` records are counted in
-    ``stats`` (and logged) instead. The last short batch is kept unless ``drop_last``."""
+    ``stats`` (and logged) instead. The last short batch is kept unless ``drop_last`` (then
+    its samples are counted as ``drop_last``)."""
 
     def __init__(
         self, source: BaseNode, batch_size: int, drop_last: bool, stats: LoaderStats
@@ -56,7 +56,12 @@ class SampleBatcher(BaseNode[list[Decoded]]):
                 self.stats.skip(item.reason, item.shard, item.key, item.detail)
             else:
                 batch.append(item)
-        if not batch or (self.drop_last and len(batch) < self.batch_size):
+        if batch and self.drop_last and len(batch) < self.batch_size:
+            last = batch[-1]
+            detail = f"the short last batch of {len(batch)} (data.drop_last)"
+            self.stats.skip("drop_last", last.shard, last.key, detail, count=len(batch))
+            raise StopIteration
+        if not batch:
             raise StopIteration
         return batch
 
@@ -116,12 +121,8 @@ class FitNode(BaseNode[dict]):
         blobs: list[bytes | None] = [s.splats for s in samples]
         lookup = [i for i, s in enumerate(samples) if s.splats is None]
         if self.cache is not None and lookup:
-            try:
-                found = self.cache.get_many([ids[i] for i in lookup], self.settings)
-            except sqlite3.Error as err:
-                # a cache that cannot be read costs fitting time, never the run
-                logger.warning("splat cache lookup failed (%s); fitting the batch", err)
-                found = [None] * len(lookup)
+            # a cache that cannot be read costs fitting time, never the run
+            found = self.cache.lookup([ids[i] for i in lookup], self.settings)
             for i, blob in zip(lookup, found, strict=True):
                 blobs[i] = blob
         misses = [i for i in lookup if blobs[i] is None]
@@ -153,12 +154,7 @@ class FitNode(BaseNode[dict]):
                     s = samples[i]
                     self.stats.skip("fit_failed", s.shard, s.key, "non-finite splats")
             if self.cache is not None and fresh:
-                try:
-                    self.stats.add(cache_evictions=self.cache.put_many(fresh, self.settings))
-                except sqlite3.Error as err:
-                    logger.warning(
-                        "splat cache write failed (%s); %d fits not kept", err, len(fresh)
-                    )
+                self.stats.add(cache_evictions=self.cache.store(fresh, self.settings))
             psnr = float(result.psnr[ok].mean()) if bool(ok.any()) else float("nan")
         keep = [i for i, b in enumerate(blobs) if b is not None]
         fit_seconds = time.perf_counter() - start
@@ -223,16 +219,39 @@ class Tokenize:
         return batch
 
 
+class EmptyEpoch(RuntimeError):
+    """An epoch, read from its start, yielded no sample at all."""
+
+
 class EpochMeter(BaseNode[dict]):
     """Root node: counts yielded samples, times how long the consumer waits for each batch,
-    and closes the epoch's stats (with a summary log line) when the epoch ends."""
+    and closes the epoch's stats (with a summary log line) when the epoch ends.
 
-    def __init__(self, source: BaseNode[dict], stats: LoaderStats) -> None:
+    An epoch read from its start that yields nothing raises :class:`EmptyEpoch`, naming
+    ``describe`` (the pattern and what it matched) and the skips, rather than ending quietly:
+    a run over nothing is a mistake, not a result. With ``fail_empty=False`` (one rank of
+    several, whose peers may wait for it in a collective) it is a warning instead.
+    """
+
+    def __init__(
+        self,
+        source: BaseNode[dict],
+        stats: LoaderStats,
+        describe: str = "",
+        fail_empty: bool = True,
+    ) -> None:
         super().__init__()
-        self.source, self.stats = source, stats
+        self.source, self.stats, self.describe, self.fail_empty = (
+            source,
+            stats,
+            describe,
+            fail_empty,
+        )
+        self._resumed = False
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
+        self._resumed = initial_state is not None
         self.source.reset(None if initial_state is None else initial_state["source"])
 
     def get_state(self) -> dict[str, Any]:
@@ -260,6 +279,15 @@ class EpochMeter(BaseNode[dict]):
                     done.data_wait_seconds,
                     done.consumer_wait_seconds,
                 )
+                if not done.samples and not self._resumed:
+                    skipped = ", ".join(f"{k}: {v}" for k, v in sorted(done.skipped.items()))
+                    message = (
+                        f"epoch {done.epoch} yielded no samples: {self.describe}; "
+                        f"skipped {skipped or 'nothing'}"
+                    )
+                    if self.fail_empty:
+                        raise EmptyEpoch(message) from None
+                    logger.warning(message)
             raise
         self.stats.add(
             samples=len(batch["keys"]), batches=1, consumer_wait_seconds=time.perf_counter() - start

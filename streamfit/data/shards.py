@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
+import logging
 import os
 import random
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand
 from torchdata.nodes import BaseNode
 
 from streamfit.data.stats import LoaderStats
@@ -32,6 +35,13 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXT = "txt"
 JSON_EXT = "json"
 SPLATS_EXT = "splats"
+# Files img2dataset writes beside its shards; a glob over its output folder skips them.
+SIDE_FILE_SUFFIXES = (".parquet", "_stats.json")
+# A member above this is not read into memory (its sample is skipped as ``too_large``): far
+# above any web image, and a corrupt size field must not cost the reader gigabytes.
+MAX_MEMBER_BYTES = 256 * 1024**2
+
+logger = logging.getLogger("streamfit.data")
 
 _SKIP_CHUNK = 1 << 20
 
@@ -40,25 +50,57 @@ _SKIP_CHUNK = 1 << 20
 class RawSample:
     """One sample as stored: ``members`` maps extension -> bytes. ``position`` is
     ``(shard index in this rank's order, byte offset of its first tar header)``; ``end`` is
-    the offset where the next sample's headers start."""
+    the offset where the next sample's headers start. ``copies`` > 1: some member appeared
+    that many times under this key (samples merged by a repeated key; never used).
+    ``unread``: ext -> size of members above ``MAX_MEMBER_BYTES``, left unread."""
 
     key: str
     shard: str
     position: tuple[int, int]
     members: dict[str, bytes]
     end: int
+    copies: int = 1
+    unread: dict[str, int] = field(default_factory=dict)
+
+
+def _pattern_parts(pattern: str) -> list[str]:
+    """The ``::``-separated parts of a pattern; raises ``ValueError`` (one line) for a part
+    whose braces do not balance."""
+    parts = [p for p in (p.strip() for p in pattern.split("::")) if p]
+    for part in parts:
+        try:
+            braceexpand(part)  # parses eagerly, expands lazily
+        except UnbalancedBracesError:
+            raise ValueError(f"shard pattern {part!r}: unbalanced braces") from None
+    return parts
+
+
+def check_pattern(pattern: str) -> None:
+    """Raise ``ValueError`` for a malformed shard pattern, before anything is read."""
+    _pattern_parts(pattern)
 
 
 def expand_shards(pattern: str) -> list[str]:
     """Shard paths/URLs of a pattern: ``::``-separated parts, each brace-expanded; local parts
-    with ``*``/``?`` are globbed (sorted). Raises ``FileNotFoundError`` when nothing matches."""
+    with ``*``/``?`` are globbed (sorted), leaving out img2dataset's side files (``.parquet``,
+    ``_stats.json``). Raises ``FileNotFoundError`` when nothing matches and ``ValueError`` for
+    unbalanced braces. Listed files that turn out missing or not tars are skipped (counted)
+    by the reader and by :func:`count_shard`, not here."""
     shards: list[str] = []
-    for part in filter(None, (p.strip() for p in pattern.split("::"))):
+    side_files = 0
+    for part in _pattern_parts(pattern):
         for item in braceexpand(part):
             if is_local(item) and any(c in item for c in "*?["):
-                shards.extend(sorted(glob.glob(_local_path(item))))
+                matched = sorted(glob.glob(_local_path(item)))
+                kept = [m for m in matched if not m.endswith(SIDE_FILE_SUFFIXES)]
+                side_files += len(matched) - len(kept)
+                shards.extend(kept)
             else:
                 shards.append(item)
+    if side_files:
+        logger.info(
+            "%s: left out %d img2dataset side files (.parquet, _stats.json)", pattern, side_files
+        )
     if not shards:
         raise FileNotFoundError(f"no shards match {pattern!r}")
     return shards
@@ -99,11 +141,39 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 class TruncatedShard(Exception):
-    """A shard ended inside a tar header or member; ``key`` is the sample being read."""
+    """A shard ended inside a tar header or member (``reason`` ``truncated_shard``; ``key`` is
+    the sample being read), or is no tar at all (``not_a_tar``, ``empty_shard``)."""
 
-    def __init__(self, shard: str, key: str, detail: str) -> None:
-        super().__init__(f"{shard}: truncated at sample {key!r}: {detail}")
-        self.shard, self.key, self.detail = shard, key, detail
+    def __init__(self, shard: str, key: str, detail: str, reason: str = "truncated_shard") -> None:
+        super().__init__(f"{shard}: {reason} at sample {key!r}: {detail}")
+        self.shard, self.key, self.detail, self.reason = shard, key, detail, reason
+
+
+def open_problem(err: Exception) -> str:
+    """The skip reason of a shard that cannot be opened."""
+    if isinstance(err, FileNotFoundError):
+        return "missing_shard"
+    if isinstance(err, IsADirectoryError):
+        return "not_a_tar"
+    return "unreadable_shard"
+
+
+def _first_block_problem(block: bytes) -> tuple[str, str]:
+    """``(reason, detail)`` when ``block``, the first 512 bytes of a shard, cannot start a tar
+    archive (an empty tar, all zeros, passes); ``("", "")`` when it can."""
+    if not block:
+        return "empty_shard", "0 bytes"
+    if len(block) < tarfile.BLOCKSIZE:
+        if block[257:262] == b"ustar":  # a tar cut inside its first header
+            return "truncated_shard", f"{len(block)} bytes, inside the first tar header"
+        return "not_a_tar", f"{len(block)} bytes, not a tar archive"
+    if not block.strip(b"\0"):
+        return "", ""
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError as err:
+        return "not_a_tar", f"not a tar archive ({err or type(err).__name__})"
+    return "", ""
 
 
 def iter_tar_samples(
@@ -113,12 +183,21 @@ def iter_tar_samples(
 
     Stops after ``limit`` samples when given. A tar cut short raises :class:`TruncatedShard`
     after the last complete sample; the incomplete one is never yielded. (A stream that cannot
-    seek is trusted to its last header: a cut between two members goes unnoticed there.)
+    seek is trusted to its last header: a cut between two members goes unnoticed there.) A
+    stream that is no tar raises it with reason ``not_a_tar`` (or ``empty_shard``) at once.
     """
     key: str | None = None
     members: dict[str, bytes] = {}
+    unread: dict[str, int] = {}
+    copies: Counter[str] = Counter()
     start = base_offset
     count = 0
+    seekable = getattr(stream, "seekable", lambda: False)()
+    if base_offset == 0 and seekable:
+        reason, detail = _first_block_problem(stream.read(tarfile.BLOCKSIZE))
+        stream.seek(0)
+        if reason:
+            raise TruncatedShard(shard, "<none>", detail, reason)
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for info in tar:
@@ -128,11 +207,24 @@ def iter_tar_samples(
                 if member_key != key:
                     if key is not None:
                         end = base_offset + info.offset
-                        yield RawSample(key, shard, (shard_index, start), members, end)
+                        yield RawSample(
+                            key,
+                            shard,
+                            (shard_index, start),
+                            members,
+                            end,
+                            max(copies.values()),
+                            unread,
+                        )
                         count += 1
                         if limit is not None and count >= limit:
                             return
                     key, members, start = member_key, {}, base_offset + info.offset
+                    copies, unread = Counter(), {}
+                copies[ext] += 1
+                if info.size > MAX_MEMBER_BYTES:
+                    unread[ext] = info.size  # tarfile skips its bytes without keeping them
+                    continue
                 data = tar.extractfile(info).read()  # type: ignore[union-attr]
                 if len(data) != info.size:
                     raise tarfile.ReadError(
@@ -140,15 +232,20 @@ def iter_tar_samples(
                     )
                 members[ext] = data
         end = base_offset + tar.offset
-        seekable = getattr(stream, "seekable", lambda: False)()
         if key is not None and seekable and not _end_marker_at(stream, end):
             # tarfile ends quietly when a shard is cut inside or just before a header, so
             # the last sample may be missing members: without the marker it is not trusted
             raise tarfile.ReadError("no end-of-archive marker")
     except (tarfile.ReadError, EOFError, OSError) as err:
+        if key is None and base_offset == 0 and not seekable:
+            # nothing parsed: the stream is no tar (seekable ones were checked above)
+            reason = "empty_shard" if str(err) == "empty file" else "not_a_tar"
+            raise TruncatedShard(shard, "<none>", str(err), reason) from err
         raise TruncatedShard(shard, key or "<none>", str(err)) from err
     if key is not None:
-        yield RawSample(key, shard, (shard_index, start), members, end)
+        yield RawSample(
+            key, shard, (shard_index, start), members, end, max(copies.values()), unread
+        )
 
 
 def _end_marker_at(stream: BinaryIO, offset: int) -> bool:
@@ -288,7 +385,7 @@ class ShardReader(BaseNode[RawSample]):
                     handle = open_shard(shard, self._offset)
                 except (OSError, EOFError) as err:
                     if self._owns(self._shard):
-                        self.stats.skip("unreadable_shard", shard, "<shard>", str(err))
+                        self.stats.skip(open_problem(err), shard, "<shard>", str(err))
                     self._next_shard()
                     continue
                 self._stream = self._samples(handle, shard)
@@ -301,22 +398,27 @@ class ShardReader(BaseNode[RawSample]):
 
     def _samples(self, handle: BinaryIO, shard: str) -> Iterator[RawSample]:
         with handle:
+            from_start, read = self._offset == 0, 0
             try:
                 for sample in iter_tar_samples(handle, shard, self._shard, self._offset):
                     # the offset advances past a sample before it is judged, so a resumed
                     # reader neither re-reads nor re-counts it
                     self._offset = sample.end
                     self._seen += 1
+                    read += 1
                     if self.split == "sample" and (self._seen - 1) % self.world_size != self.rank:
                         continue
                     reason = invalid_reason(sample)
                     if reason:
-                        self.stats.skip(reason, shard, sample.key)
+                        self.stats.skip(reason, shard, sample.key, count=sample.copies)
                         continue
                     yield sample
             except TruncatedShard as err:
                 if self._owns(self._seen):
-                    self.stats.skip("truncated_shard", shard, err.key, err.detail)
+                    self.stats.skip(err.reason, shard, err.key, err.detail)
+                return
+            if from_start and not read and self._owns(self._shard):
+                self.stats.skip("empty_shard", shard, "<shard>", "a tar with no members")
 
     def _owns(self, index: int) -> bool:
         """Whether this rank reports a problem of a shard every rank reads (``split="sample"``),
@@ -330,14 +432,117 @@ class ShardReader(BaseNode[RawSample]):
 
 
 def invalid_reason(sample: RawSample) -> str:
-    """Why a sample cannot be used, judged without decoding ('' when it can)."""
-    if SPLATS_EXT not in sample.members:
-        image_ext = next((e for e in IMAGE_EXTS if e in sample.members), None)
+    """Why a sample cannot be used, judged without decoding its image ('' when it can)."""
+    sizes = {**{ext: len(data) for ext, data in sample.members.items()}, **sample.unread}
+    return member_reason(
+        sizes, sample.copies, sample.members.get(CAPTION_EXT), sample.members.get(JSON_EXT)
+    )
+
+
+def member_reason(
+    sizes: dict[str, int], copies: int, caption: bytes | None, meta: bytes | None
+) -> str:
+    """Why a sample with members of these ``sizes`` (ext -> bytes), this caption and JSON
+    cannot be used ('' when it can): the judgement the reader and :func:`count_shard` share."""
+    if copies > 1:
+        return "duplicate_member"
+    if max(sizes.values(), default=0) > MAX_MEMBER_BYTES:
+        return "too_large"
+    if SPLATS_EXT not in sizes:
+        image_ext = next((e for e in IMAGE_EXTS if e in sizes), None)
         if image_ext is None:
             return "no_image"
-        if not sample.members[image_ext]:
+        if not sizes[image_ext]:
             return "empty_image"
-    caption = sample.members.get(CAPTION_EXT)
     if caption is None or not caption.strip():
         return "no_caption"
+    try:
+        parse_caption(caption)
+    except ValueError:
+        return "bad_caption"
+    if meta is not None:
+        try:
+            parse_meta(meta)
+        except ValueError:
+            return "bad_json"
     return ""
+
+
+def parse_caption(data: bytes) -> str:
+    """A ``.txt`` member as text, stripped; ``ValueError`` when it is not UTF-8."""
+    return data.decode("utf-8").strip()
+
+
+def parse_meta(data: bytes) -> dict[str, Any]:
+    """A ``.json`` member as a dict; ``ValueError`` when it is not a JSON object."""
+    try:
+        meta = json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def count_shard(shard: str) -> tuple[int, Counter[str]]:
+    """``(usable samples, skip reason -> count)`` of one local shard, judged as the reader
+    judges it (:func:`member_reason`, truncation, non-tars) from the tar headers plus the
+    small ``.txt``/``.json`` members: fast, since image bytes are never read. Images that
+    will not decode are only found when decoding."""
+    skipped: Counter[str] = Counter()
+    path = _local_path(shard)
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as err:
+        skipped[open_problem(err)] += 1
+        return 0, skipped
+    samples = 0
+    key: str | None = None
+    sizes: dict[str, int] = {}
+    small: dict[str, bytes] = {}
+    copies: Counter[str] = Counter()
+
+    def judge() -> None:
+        nonlocal samples
+        if key is None:
+            return
+        reason = member_reason(
+            sizes, max(copies.values()), small.get(CAPTION_EXT), small.get(JSON_EXT)
+        )
+        if reason:
+            skipped[reason] += max(copies.values()) if reason == "duplicate_member" else 1
+        else:
+            samples += 1
+
+    with stream:
+        reason, _ = _first_block_problem(stream.read(tarfile.BLOCKSIZE))
+        if reason:
+            skipped[reason] += 1
+            return 0, skipped
+        stream.seek(0)
+        size = os.fstat(stream.fileno()).st_size
+        try:
+            with tarfile.open(fileobj=stream, mode="r:") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    member_key, ext = split_member_name(info.name)
+                    if member_key != key:
+                        judge()
+                        key, sizes, small, copies = member_key, {}, {}, Counter()
+                    if info.offset_data + info.size > size:
+                        raise tarfile.ReadError(f"member {info.name} cut short")
+                    sizes[ext] = info.size
+                    copies[ext] += 1
+                    if ext in (CAPTION_EXT, JSON_EXT) and info.size <= MAX_MEMBER_BYTES:
+                        small[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
+                end = tar.offset
+            if key is not None and not _end_marker_at(stream, end):
+                raise tarfile.ReadError("no end-of-archive marker")
+        except (tarfile.ReadError, EOFError, OSError):
+            skipped["truncated_shard"] += 1  # the sample being read is lost, as in the reader
+            return samples, skipped
+    if key is None:
+        skipped["empty_shard"] += 1
+    judge()
+    return samples, skipped

@@ -84,15 +84,18 @@ class LoaderStats:
             self.current.complete = True
             return self.current
 
-    def skip(self, reason: str, shard: str, key: str, detail: str = "") -> None:
-        """Count a skipped sample and log it, naming shard and key."""
+    def skip(self, reason: str, shard: str, key: str, detail: str = "", count: int = 1) -> None:
+        """Count ``count`` skipped samples (one log line), naming shard and key."""
         with self._lock:
-            self.current.skipped[reason] = self.current.skipped.get(reason, 0) + 1
+            self.current.skipped[reason] = self.current.skipped.get(reason, 0) + count
             self._warned[reason] += 1
             n = self._warned[reason]
         if n <= MAX_SKIP_WARNINGS:
             suffix = f": {detail}" if detail else ""
-            logger.warning("skipped sample %r in shard %s (%s)%s", key, shard, reason, suffix)
+            if key.startswith("<"):  # a whole shard (or the unnamed start of one)
+                logger.warning("skipped shard %s (%s)%s", shard, reason, suffix)
+            else:
+                logger.warning("skipped sample %r in shard %s (%s)%s", key, shard, reason, suffix)
             if n == MAX_SKIP_WARNINGS:
                 logger.warning("further %r skips this epoch are counted without a log line", reason)
 

@@ -9,8 +9,6 @@ once; the caller sums the per-class tallies over ranks.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,9 +18,16 @@ import numpy as np
 import torch
 
 from streamfit.data import DataConfig, SplatCache, cache_settings
-from streamfit.data.decode import Decoder
+from streamfit.data.decode import Decoder, cache_id
 from streamfit.data.local_images import IMAGE_SUFFIXES
-from streamfit.data.shards import IMAGE_EXTS, expand_shards, iter_tar_samples, open_shard
+from streamfit.data.shards import (
+    IMAGE_EXTS,
+    TruncatedShard,
+    expand_shards,
+    iter_tar_samples,
+    open_shard,
+    parse_meta,
+)
 from streamfit.fit import FitBackend, FitConfig, fit
 from streamfit.splats import Splats, unpack_params
 
@@ -67,23 +72,32 @@ def _iter_all(source: str) -> Iterator[tuple[str, bytes, int]]:
                     yield f"{name}/{path.name}", path.read_bytes(), label
         return
     for i, shard in enumerate(expand_shards(source)):
-        with open_shard(shard) as stream:
-            for sample in iter_tar_samples(stream, shard, i):
-                image_ext = next((e for e in IMAGE_EXTS if e in sample.members), None)
-                label = _label(sample.members)
-                if image_ext is None or label is None:
-                    logger.warning("eval: sample %s in %s has no image or label", sample.key, shard)
-                    continue
-                yield sample.key, sample.members[image_ext], label
+        try:
+            with open_shard(shard) as stream:
+                for sample in iter_tar_samples(stream, shard, i):
+                    image_ext = next((e for e in IMAGE_EXTS if e in sample.members), None)
+                    label = _label(sample.members)
+                    if image_ext is None or label is None:
+                        logger.warning(
+                            "eval: sample %s in %s has no image or label", sample.key, shard
+                        )
+                        continue
+                    yield sample.key, sample.members[image_ext], label
+        except (OSError, EOFError, TruncatedShard) as err:
+            logger.warning("eval: skipped the rest of shard %s (%s)", shard, err)
 
 
 def _label(members: dict[str, bytes]) -> int | None:
-    if "cls" in members:
-        return int(members["cls"].decode().strip())
-    if "json" in members:
-        meta = json.loads(members["json"])
-        if isinstance(meta, dict) and "label" in meta:
-            return int(meta["label"])
+    """The sample's class index, or None when it has none that reads as an integer."""
+    try:
+        if "cls" in members:
+            return int(members["cls"].decode().strip())
+        if "json" in members:
+            meta = parse_meta(members["json"])
+            if "label" in meta:
+                return int(meta["label"])
+    except (ValueError, TypeError):
+        pass
     return None
 
 
@@ -149,11 +163,8 @@ class LabelledLoader:
 
     def _splats(self, items: list[tuple[str, bytes, int]], images: np.ndarray):
         # The same cache key as the training loader's decoder computes.
-        if self.data_cfg.cache_key == "content":
-            ids = [hashlib.blake2b(data, digest_size=16).hexdigest() for _, data, _ in items]
-        else:
-            ids = [key for key, _, _ in items]
-        blobs = self.cache.get_many(ids, self.settings) if self.cache else [None] * len(items)
+        ids = [cache_id(key, data, self.data_cfg.cache_key) for key, data, _ in items]
+        blobs = self.cache.lookup(ids, self.settings) if self.cache else [None] * len(items)
         misses = [i for i, b in enumerate(blobs) if b is None]
         if misses:
             pixels = torch.from_numpy(images[misses]).float().div_(255.0)
@@ -166,7 +177,7 @@ class LabelledLoader:
                 if bool(result.ok[j]):
                     fresh.append((ids[i], blobs[i]))
             if self.cache and fresh:
-                self.cache.put_many(fresh, self.settings)
+                self.cache.store(fresh, self.settings)
         size = self.data_cfg.image_size
         splats = Splats.from_list([unpack_params(b) for b in blobs], size, size)
         return splats.to(self.device), len(items) - len(misses), len(misses)

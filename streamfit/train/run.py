@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 import sys
-import tarfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ import torch
 
 from streamfit.config import ConfigError, save_config, to_yaml
 from streamfit.data import DataConfig
-from streamfit.data.shards import IMAGE_EXTS, expand_shards, is_local, split_member_name
+from streamfit.data.shards import count_shard, expand_shards, is_local
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.eval import ZeroShotTally, build_classifier, load_classnames, load_templates
 from streamfit.eval.zeroshot import ZeroShotResult
@@ -87,21 +87,30 @@ def ensure_data(data: DataConfig, synthetic: SyntheticConfig, rank: int) -> None
 
 
 def count_samples(pattern: str) -> int:
-    """Samples with an image in the local shards of ``pattern`` (tar headers only)."""
+    """Usable samples in the local shards of ``pattern``, judged as the loader judges them
+    (:func:`streamfit.data.shards.count_shard`: tar headers and captions, no image bytes);
+    skipped shards and samples are logged by reason. Zero is an error naming the pattern."""
     total = 0
-    for shard in expand_shards(pattern):
+    skipped: Counter[str] = Counter()
+    shards = expand_shards(pattern)
+    for shard in shards:
         if not is_local(shard):
             raise ConfigError(
                 "train.samples_per_epoch: remote shards cannot be counted; set it "
                 "(DataComp small: 12800000 minus the samples your download missed)"
             )
-        keys = set()
-        with tarfile.open(shard.removeprefix("file://"), mode="r:") as tar:
-            for info in tar:
-                key, ext = split_member_name(info.name)
-                if ext in IMAGE_EXTS or ext == "splats":
-                    keys.add(key)
-        total += len(keys)
+        samples, problems = count_shard(shard)
+        total += samples
+        skipped += problems
+    if skipped:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+        logger.warning("counting %s: %d usable samples; skipped %s", pattern, total, reasons)
+    if not total:
+        raise ConfigError(
+            f"data.shards {pattern!r} matched {len(shards)} ({', '.join(shards[:3])}"
+            f"{', ...' if len(shards) > 3 else ''}) but holds no usable sample "
+            f"(skipped {dict(skipped) or 'nothing'})"
+        )
     return total
 
 
