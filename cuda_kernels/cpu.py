@@ -1,6 +1,13 @@
 """CPU kernels: the tile algorithm of :mod:`cuda_kernels.gpu` with ``numba.njit`` and
 ``prange``, parallel over (image, tile) pairs.
 
+The stages mirror the GPU's: :func:`project`, :func:`raster_tiles` (forward, loss and backward
+of a tile while it is in cache; the GPU splits it into ``raster_tiles`` and ``render_tiles``)
+and :func:`adam_step`. Two CPU-only stages replace what the GPU does with atomics:
+:func:`bin_tiles` (the GPU sets bits in ``project``) and :func:`reduce_tiles` (the GPU adds
+each tile's partial gradient atomically). Both modules follow one numerical contract, written
+in :mod:`cuda_kernels.gpu` and compiled with the same fast-math flags (``splat_math.FASTMATH``).
+
 A loss-and-gradient evaluation is four calls: :func:`project` (per splat: inverse factors and
 the pixel box of its cut-off footprint), :func:`bin_tiles` (per image: CSR lists of the
 splats touching each tile; on a CPU the list lengths cost nothing to read, so the GPU's
@@ -24,9 +31,7 @@ from numba import njit, prange
 
 from cuda_kernels import splat_math
 
-# Fast-math without 'nnan'/'ninf': non-finite values must still compare and propagate as IEEE
-# says, because a non-finite image is detected downstream, never silently cleaned up.
-FASTMATH = {"contract", "arcp", "reassoc", "nsz", "afn"}
+FASTMATH = splat_math.FASTMATH
 
 _device = njit(fastmath=FASTMATH, cache=True, inline="always")
 is_finite_splat = _device(splat_math.is_finite_splat)

@@ -24,8 +24,8 @@ kernels work in coordinates scaled by ``EXP2_SCALE`` so the weight is ``exp2(-q'
 ``MUFU.EX2``. ``tools/kernel_report.py`` reads the instruction counts from the compiled code.
 
 Numerical contract (the same as :mod:`cuda_kernels.cpu`): both are compiled with the
-fast-math flags of ``FASTMATH``, which allow contraction and approximate functions but *not*
-``nnan``/``ninf``: non-finite values compare and propagate as IEEE says. A valid splat with a
+fast-math flags of ``splat_math.FASTMATH``, which allow contraction and approximate functions
+but *not* ``nnan``/``ninf``: non-finite values compare and propagate as IEEE says. A valid splat with a
 non-finite parameter flags its image in ``bad`` (the caller turns that image's loss and
 gradient into NaN and the fitter drops it); a non-finite target pixel makes the loss and the
 gradients of the splats that reach it NaN, as in the reference; a weight at or beyond the
@@ -54,8 +54,7 @@ WARP = 32
 FULL_MASK = 0xFFFFFFFF
 MAX_GRID_Y = 65535  # images a launch: the tile kernels' grid is (tiles, images)
 
-# Contraction and approximate functions, but no 'nnan'/'ninf' (see the module docstring).
-FASTMATH = {"contract", "arcp", "reassoc", "nsz", "afn"}
+FASTMATH = splat_math.FASTMATH
 
 # Tile edges whose kernels compile for sm_90 and are tested: tile -> pixel rows per thread.
 # 8x8: one warp of 2-row threads; 16x16: one warp of 8-row threads; 32x32: four warps.

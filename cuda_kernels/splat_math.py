@@ -15,6 +15,11 @@ import math
 
 import numpy as np
 
+# The fast-math flags both kernel modules compile with: contraction, reassociation and
+# approximate functions, but not 'nnan'/'ninf': non-finite values compare and propagate as
+# IEEE says, because a non-finite image is detected downstream, never silently cleaned up.
+FASTMATH = {"contract", "arcp", "reassoc", "nsz", "afn"}
+
 HALF = np.float32(0.5)
 ZERO = np.float32(0.0)
 # Widening of the footprint box: pixels whose float32 q rounds to just below the cut-off
