@@ -208,6 +208,36 @@ class FitNode(BaseNode[dict]):
         return batch
 
 
+class PixelNode(BaseNode[dict]):
+    """Batches of decoded samples -> batch dicts with ``rgb`` only (``data.fit: none``): no
+    cache, no fitting backend, no splats. The RGB stage and RGB evaluation read this."""
+
+    def __init__(self, source: BaseNode[list[Decoded]], device: torch.device | str) -> None:
+        super().__init__()
+        self.source, self.device = source, device
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self.source.reset(None if initial_state is None else initial_state["source"])
+
+    def get_state(self) -> dict[str, Any]:
+        return {"source": self.source.state_dict()}
+
+    def next(self) -> dict:
+        start = time.perf_counter()
+        samples = next(self.source)
+        waited = time.perf_counter() - start
+        rgb = torch.from_numpy(np.stack([s.image for s in samples]))
+        return {
+            "keys": [s.key for s in samples],
+            "shards": [s.shard for s in samples],
+            "captions": [s.caption for s in samples],
+            "json": [s.meta for s in samples],
+            "rgb": rgb.to(self.device).permute(0, 3, 1, 2).float().div_(255.0),
+            "timing": {"data_wait_s": waited, "fit_s": 0.0, "hits": 0, "fitted": 0},
+        }
+
+
 class Tokenize:
     """Adds ``tokens`` (``[B, context_length]`` int64, CPU) for ``captions`` with the
     open_clip tokenizer of ``model_name``."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import random
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any, BinaryIO
 from braceexpand import braceexpand
 from torchdata.nodes import BaseNode
 
+from streamfit.data.schedule import NodeSchedule, RankPlan, global_plan
 from streamfit.data.stats import LoaderStats
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -179,8 +179,9 @@ class ShardReader(BaseNode[RawSample]):
     Epoch ``e`` shuffles the shard list with ``seed`` and ``e`` (same order on every rank),
     splits it between ranks (``split="shard"``: shards ``rank::world_size``; ``"sample"``:
     every rank reads every shard and keeps samples ``rank::world_size``), then shuffles samples
-    within a buffer of ``shuffle_buffer``. Across ranks every sample comes exactly once per
-    epoch. Samples missing an image (or splats) or a caption, or with a 0-byte image, and the
+    within a buffer of ``shuffle_buffer``. With a ``node_schedule`` (node-affine shards, see
+    :mod:`streamfit.data.schedule`) the schedule decides instead which shards and samples the
+    rank reads. Across ranks every sample comes exactly once per epoch. Samples missing an image (or splats) or a caption, or with a 0-byte image, and the
     rest of a truncated shard, are skipped and counted in ``stats``.
 
     ``reset(None)`` starts the next epoch (the first is ``epoch``) after a finished one, and
@@ -198,11 +199,12 @@ class ShardReader(BaseNode[RawSample]):
         shuffle_shards: bool = True,
         split: str = "shard",
         stats: LoaderStats | None = None,
+        node_schedule: NodeSchedule | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
-        if split == "shard" and len(shards) < world_size:
+        if node_schedule is None and split == "shard" and len(shards) < world_size:
             raise ValueError(
                 f"{len(shards)} shards cannot be split between {world_size} ranks; "
                 "use split='sample' or more shards"
@@ -211,6 +213,8 @@ class ShardReader(BaseNode[RawSample]):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer, self.shuffle_shards, self.split = shuffle_buffer, shuffle_shards, split
         self.stats = stats or LoaderStats()
+        self.node_schedule = node_schedule
+        self._plan = RankPlan([])
         self.epoch = epoch
         self._finished = False
         self._stream: Iterator[RawSample] | None = None
@@ -221,12 +225,23 @@ class ShardReader(BaseNode[RawSample]):
         self.epoch = epoch
         self._finished = False
 
+    def epoch_plan(self, epoch: int) -> RankPlan:
+        """This rank's shards of ``epoch`` in reading order, and which of their samples it keeps."""
+        if self.node_schedule is not None:
+            return self.node_schedule.plan(self.rank, epoch)
+        return global_plan(
+            self.shards,
+            self.rank,
+            self.world_size,
+            self.seed,
+            epoch,
+            self.shuffle_shards,
+            self.split,
+        )
+
     def epoch_shards(self, epoch: int) -> list[str]:
         """This rank's shards of ``epoch``, in reading order."""
-        order = list(self.shards)
-        if self.shuffle_shards:
-            random.Random(f"{self.seed}/{epoch}").shuffle(order)
-        return order[self.rank :: self.world_size] if self.split == "shard" else order
+        return self.epoch_plan(epoch).shards
 
     # ------------------------------------------------------------------ BaseNode contract
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
@@ -246,7 +261,8 @@ class ShardReader(BaseNode[RawSample]):
             state = initial_state
         self.epoch = int(state["epoch"])
         self._finished = False
-        self._order = self.epoch_shards(self.epoch)
+        self._plan = self.epoch_plan(self.epoch)
+        self._order = self._plan.shards
         self._shard, self._offset = int(state["shard"]), int(state["offset"])
         self._seen, self._yielded = int(state["seen"]), int(state["yielded"])
         self._stream = None
@@ -307,7 +323,7 @@ class ShardReader(BaseNode[RawSample]):
                     # reader neither re-reads nor re-counts it
                     self._offset = sample.end
                     self._seen += 1
-                    if self.split == "sample" and (self._seen - 1) % self.world_size != self.rank:
+                    if (self._seen - 1) % self._plan.stride != self._plan.slot:
                         continue
                     reason = invalid_reason(sample)
                     if reason:
@@ -319,9 +335,9 @@ class ShardReader(BaseNode[RawSample]):
                     self.stats.skip("truncated_shard", shard, err.key, err.detail)
 
     def _owns(self, index: int) -> bool:
-        """Whether this rank reports a problem of a shard every rank reads (``split="sample"``),
+        """Whether this rank reports a problem of a shard several ranks read (a sample split),
         so that skip counts summed over ranks count each problem once."""
-        return self.split == "shard" or index % self.world_size == self.rank
+        return index % self._plan.stride == self._plan.slot
 
     def _next_shard(self) -> None:
         self._shard += 1
