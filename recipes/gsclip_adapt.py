@@ -105,8 +105,9 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
     if resume_from is not None:
         client_state, loader_state = load_checkpoint(engine, resume_from)
         state.update({k: client_state[k] for k in state})
-        if state["mid_epoch"]:
-            loader.load_state_dict(loader_state)
+        # always: the finished epochs' loader stats come back even at an epoch boundary
+        # (where set_epoch below then starts the next epoch afresh)
+        loader.load_state_dict(loader_state)
     start_step = state["step"]
     # hits, lookups of the training loader over this invocation
     cache_counts = torch.zeros(2, dtype=torch.float64)

@@ -90,6 +90,17 @@ class StreamLoader(Loader[dict]):
         self._next_iter_state_dict = None
         self._it = None
 
+    def state_dict(self) -> dict:
+        """The graph's state (where to go on reading, the current epoch's counters so far)
+        plus the finished epochs' stats (``history``)."""
+        return {**super().state_dict(), "history": self.stats.history()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume from ``state_dict`` at the next ``iter``; the finished epochs' stats come
+        back at once (and stay when :meth:`set_epoch` then starts another epoch)."""
+        self.stats.load_history(state_dict.get("history", {}))
+        super().load_state_dict(state_dict)
+
     def epoch_stats(self, epoch: int | None = None) -> EpochStats:
         """Stats of ``epoch`` (default: the current one)."""
         return self.stats.current if epoch is None else self.stats.epochs[epoch]
@@ -178,7 +189,7 @@ def build_loader(
         where = "pixels only (data.fit: none)"
 
         def last_node(batches: SampleBatcher) -> BaseNode[dict]:
-            return PixelNode(batches, device or "cpu")
+            return PixelNode(batches, device or "cpu", stats)
 
     else:
         if fit_cfg is None:

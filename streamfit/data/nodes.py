@@ -61,6 +61,19 @@ class SampleBatcher(BaseNode[list[Decoded]]):
         return batch
 
 
+# Counters of the fit node and the nodes before it, carried in its state. ``skipped`` may
+# count again, after a resume, the few samples the reader had read ahead of the checkpoint.
+FIT_COUNTS = (
+    "cache_hits",
+    "cache_misses",
+    "cache_evictions",
+    "precomputed",
+    "fit_seconds",
+    "data_wait_seconds",
+    "skipped",
+)
+
+
 class FitNode(BaseNode[dict]):
     """Batches of decoded samples -> batch dicts with splats on the backend's device.
 
@@ -96,10 +109,14 @@ class FitNode(BaseNode[dict]):
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
         self.source.reset(None if initial_state is None else initial_state["source"])
+        if initial_state is not None:
+            self.stats.restore(initial_state.get("counts", {}))
         self._batches = 0
 
     def get_state(self) -> dict[str, Any]:
-        return {"source": self.source.state_dict()}
+        # taken right after a batch (the prefetcher's snapshot), so the counts are those of
+        # the batches up to it: a resumed epoch goes on counting hits and fits from there
+        return {"source": self.source.state_dict(), "counts": self.stats.snapshot(*FIT_COUNTS)}
 
     def next(self) -> dict:
         while True:
@@ -212,21 +229,27 @@ class PixelNode(BaseNode[dict]):
     """Batches of decoded samples -> batch dicts with ``rgb`` only (``data.fit: none``): no
     cache, no fitting backend, no splats. The RGB stage and RGB evaluation read this."""
 
-    def __init__(self, source: BaseNode[list[Decoded]], device: torch.device | str) -> None:
+    def __init__(
+        self, source: BaseNode[list[Decoded]], device: torch.device | str, stats: LoaderStats
+    ) -> None:
         super().__init__()
-        self.source, self.device = source, device
+        self.source, self.device, self.stats = source, device, stats
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
         self.source.reset(None if initial_state is None else initial_state["source"])
+        if initial_state is not None:
+            self.stats.restore(initial_state.get("counts", {}))
 
     def get_state(self) -> dict[str, Any]:
-        return {"source": self.source.state_dict()}
+        counts = self.stats.snapshot("data_wait_seconds", "skipped")
+        return {"source": self.source.state_dict(), "counts": counts}
 
     def next(self) -> dict:
         start = time.perf_counter()
         samples = next(self.source)
         waited = time.perf_counter() - start
+        self.stats.add(data_wait_seconds=waited)
         rgb = torch.from_numpy(np.stack([s.image for s in samples]))
         return {
             "keys": [s.key for s in samples],
@@ -264,9 +287,12 @@ class EpochMeter(BaseNode[dict]):
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
         self.source.reset(None if initial_state is None else initial_state["source"])
+        if initial_state is not None:
+            self.stats.restore(initial_state.get("counts", {}))
 
     def get_state(self) -> dict[str, Any]:
-        return {"source": self.source.state_dict()}
+        counts = self.stats.snapshot("samples", "batches", "consumer_wait_seconds", "seconds")
+        return {"source": self.source.state_dict(), "counts": counts}
 
     def next(self) -> dict:
         self.stats.mark_request()
