@@ -155,3 +155,12 @@ def test_auto_schedule_and_reader_from_config(shards: list[str]) -> None:
     assert build_reader(cfg, 0, 4, 0, LoaderStats()).node_schedule is None
     with pytest.raises(ValueError, match="data.schedule"):
         DataConfig(schedule="nodes")
+
+
+def test_resume_under_another_node_layout_is_refused(shards: list[str]) -> None:
+    reader = node_reader(shards, 3, 8, 2)
+    epoch_keys(reader, 0, limit=5)
+    state = reader.state_dict()
+    with pytest.raises(ValueError, match="another shard schedule"):
+        node_reader(shards, 3, 8, 4).reset(state)
+    node_reader(shards, 3, 8, 2).reset(state)  # the same layout resumes

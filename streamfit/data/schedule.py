@@ -72,6 +72,13 @@ class RankPlan:
     stride: int = 1
     slot: int = 0
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """A short fingerprint, kept in the reader's state: a resume under another plan (node
+        layout, schedule, seed or shard list changed) would repeat or skip samples."""
+        blob = json.dumps([self.shards, self.stride, self.slot])
+        return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
+
 
 def ranks_per_node_from_env(world_size: int) -> int:
     """Ranks on this node as the launcher says (torchrun: ``LOCAL_WORLD_SIZE``, DeepSpeed:

@@ -263,6 +263,12 @@ class ShardReader(BaseNode[RawSample]):
         self._finished = False
         self._plan = self.epoch_plan(self.epoch)
         self._order = self._plan.shards
+        if state.get("plan", self._plan.digest) != self._plan.digest:
+            raise ValueError(
+                f"rank {self.rank}: the loader state was saved under another shard schedule "
+                f"for epoch {self.epoch} (node layout, data.schedule, seed or shard list "
+                "changed); resuming it would repeat or skip samples"
+            )
         self._shard, self._offset = int(state["shard"]), int(state["offset"])
         self._seen, self._yielded = int(state["seen"]), int(state["yielded"])
         self._stream = None
@@ -277,6 +283,7 @@ class ShardReader(BaseNode[RawSample]):
             "seen": self._seen,
             "yielded": self._yielded,
             "buffer": [list(s.position) for s in self._buffer],
+            "plan": self._plan.digest,
         }
 
     def next(self) -> RawSample:
