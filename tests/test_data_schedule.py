@@ -164,3 +164,12 @@ def test_resume_under_another_node_layout_is_refused(shards: list[str]) -> None:
     with pytest.raises(ValueError, match="another shard schedule"):
         node_reader(shards, 3, 8, 4).reset(state)
     node_reader(shards, 3, 8, 2).reset(state)  # the same layout resumes
+
+
+def test_unequal_ranks_are_warned_about(tmp_path, caplog) -> None:
+    big = write_split(tmp_path / "big", "train", 40, image_size=8, shard_size=40, seed=0)
+    small = write_split(tmp_path / "small", "train", 9, image_size=8, shard_size=3, seed=1)
+    cfg = DataConfig(shards=f"{big}::{small}", ranks_per_node=2)
+    with caplog.at_level("WARNING", logger="streamfit.data"):
+        build_reader(cfg, 0, 4, 0, LoaderStats())
+    assert "ranks read" in caplog.text

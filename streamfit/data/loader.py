@@ -140,6 +140,14 @@ def build_reader(
             counted,
             len(shards),
         )
+        if min(expected) < 0.9 * max(expected):
+            logger.warning(
+                "data: ranks read %.0f to %.0f samples an epoch (whole shards of unequal "
+                "sizes); the training loop ends each epoch with the first rank to run out: "
+                "more, smaller shards or data.split=sample balance them",
+                min(expected),
+                max(expected),
+            )
         if node in node_schedule.fallbacks():
             logger.warning(
                 "data: node %d owns %d shards for %d ranks: its ranks split samples instead of "
