@@ -105,11 +105,10 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
     if resume_from is not None:
         client_state, loader_state = load_checkpoint(engine, resume_from)
         state.update({k: client_state[k] for k in state})
-        if state["mid_epoch"]:
-            loader.load_state_dict(loader_state)
+        # always: the finished epochs' loader stats come back even at an epoch boundary
+        # (where set_epoch below then starts the next epoch afresh)
+        loader.load_state_dict(loader_state)
     start_step = state["step"]
-    # hits, lookups of the training loader over this invocation
-    cache_counts = torch.zeros(2, dtype=torch.float64)
     seen = open(run_dir / f"samples_rank{rank}.tsv", "a") if cfg.run.record_samples else None
 
     def evaluate() -> dict:
@@ -172,9 +171,6 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
             engine.step()
             losses.append(loss.item())
             timer.add(len(batch["keys"]), waited, batch["timing"])
-            cache_counts += torch.tensor(
-                [batch["timing"]["hits"], batch["timing"]["hits"] + batch["timing"]["fitted"]]
-            )
             if seen is not None:
                 seen.writelines(f"{epoch}\t{key}\n" for key in batch["keys"])
             bar.update()
@@ -233,7 +229,11 @@ def train(cfg: AdaptConfig, wall_start: float) -> dict:
         stage_start = time.perf_counter()
         final = evaluate()
         stages["gs_final_eval"] = time.perf_counter() - stage_start
-    all_sum(cache_counts)
+    # hits and lookups of the training loader over the run: its stats survive a resume
+    epochs = loader.stats.epochs.values()
+    hits = sum(e.cache_hits for e in epochs)
+    lookups = hits + sum(e.cache_misses for e in epochs)
+    cache_counts = all_sum(torch.tensor([hits, lookups], dtype=torch.float64))
     summary = {
         "rgb_top1": teacher_summary.get("best_top1"),
         "gs_top1": final.get("top1"),

@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from streamfit.config import ConfigError, to_yaml
 from streamfit.data import EmptyEpoch, build_loader
-from streamfit.fit import FitConfig
 from streamfit.models import load_teacher
 from streamfit.report import write_json
 from streamfit.train.checkpoint import (
@@ -52,9 +51,6 @@ from streamfit.train.run import (
 )
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "tiny_cpu_rgb.yaml")
-# The RGB stage needs pixels only; the loader's fit node then does a 1-splat initialisation
-# (no iterations, no cache): negligible next to decoding.
-NO_FIT = FitConfig(gaussians=1, iters=0, backend="torch", device="cpu")
 
 
 def train(cfg: RGBPretrainConfig) -> dict:
@@ -69,8 +65,9 @@ def train(cfg: RGBPretrainConfig) -> dict:
 
     # ---- model, data, engine
     model = load_teacher(cfg.model.model_name, cfg.model.pretrained, **cfg.model.model_kwargs)
-    data_cfg = replace(cfg.data, yield_rgb=True, cache_dir="")
-    loader = build_loader(data_cfg, NO_FIT, rank, world, device=device)
+    # the RGB stage reads pixels only: no fitting backend, no splats, no cache
+    data_cfg = replace(cfg.data, yield_rgb=True, cache_dir="", fit="none")
+    loader = build_loader(data_cfg, None, rank, world, device=device)
     samples = cfg.train.samples_per_epoch or count_samples(data_cfg.shards)
     total_steps = scheduled_steps(
         samples, cfg.train.epochs, data_cfg.batch_size, cfg.train.grad_accum, world
@@ -97,8 +94,9 @@ def train(cfg: RGBPretrainConfig) -> dict:
     if resume_from is not None:
         client_state, loader_state = load_checkpoint(engine, resume_from)
         state.update({k: client_state[k] for k in state})
-        if state["mid_epoch"]:
-            loader.load_state_dict(loader_state)
+        # always: the finished epochs' loader stats come back even at an epoch boundary
+        # (where set_epoch below then starts the next epoch afresh)
+        loader.load_state_dict(loader_state)
     start_step = state["step"]
 
     def evaluate() -> dict:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streamfit.data.schedule import SCHEDULES
 from streamfit.data.shards import check_pattern
 
 CACHE_KEYS = ("content", "key")
 SPLITS = ("shard", "sample")
+FIT_MODES = ("splats", "none")
 
 
 @dataclass
@@ -22,6 +24,15 @@ class DataConfig:
     ``split``: how ranks share an epoch: ``shard`` gives each rank whole shards (round robin
     after the shuffle; needs at least ``world_size`` shards), ``sample`` has every rank read
     every shard and keep every ``world_size``-th sample (for few, large shards).
+    ``schedule``: which shards each rank reads per epoch (:mod:`streamfit.data.schedule`):
+    ``node`` keeps a fixed, sample-balanced share of the shards on each node across epochs
+    (shuffled within the share every epoch) so the node-local splat cache serves later
+    epochs; ``global`` reshuffles all shards over all ranks every epoch; ``auto`` (default) is
+    ``node`` when the ranks span several nodes. ``ranks_per_node``: ranks sharing a node's
+    cache (0: ``LOCAL_WORLD_SIZE`` / ``LOCAL_SIZE`` from the launcher, else one node).
+    ``fit``: ``splats`` fits (or reads from the cache) the splats of every sample; ``none``
+    yields pixels only (``rgb``, no ``splats``, no cache, no fitting backend): RGB stages and
+    RGB evaluation.
     ``cache_key``: ``content`` keys the splat cache by a hash of the encoded image bytes (safe
     when sample keys repeat across datasets, as they do across img2dataset runs, which all
     number their samples from ``000000000``), ``key`` by the shard's sample key (only for keys
@@ -38,6 +49,9 @@ class DataConfig:
     shuffle_shards: bool = True
     seed: int = 0
     split: str = "shard"  # shard | sample
+    schedule: str = "auto"  # auto | node | global
+    ranks_per_node: int = 0
+    fit: str = "splats"  # splats | none
     batch_size: int = 64
     drop_last: bool = False
     prefetch: int = 2
@@ -69,6 +83,12 @@ class DataConfig:
             raise ValueError(f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         if self.split not in SPLITS:
             raise ValueError(f"data.split must be one of {SPLITS}, got {self.split!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"data.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.ranks_per_node < 0:
+            raise ValueError(f"data.ranks_per_node must be >= 0, got {self.ranks_per_node}")
+        if self.fit not in FIT_MODES:
+            raise ValueError(f"data.fit must be one of {FIT_MODES}, got {self.fit!r}")
         if self.cache_key not in CACHE_KEYS:
             raise ValueError(f"data.cache_key must be one of {CACHE_KEYS}, got {self.cache_key!r}")
         if self.cache_max_bytes < 1:

@@ -21,10 +21,12 @@ of an epoch or when fits fail; ``S`` = ``image_size``):
 ``json``        ``list[dict]``: the ``.json`` metadata (``{}`` when absent)
 ``splats``      :class:`streamfit.splats.Splats`: ``params [B, N, 8]`` float32 and
                 ``mask [B, N]`` bool on the fitting device, pixel units of an ``S x S``
-                image; values are float16-rounded (as stored in the cache)
+                image; values are float16-rounded (as stored in the cache). Absent with
+                ``data.fit: none``
 ``tokens``      ``[B, context_length]`` int64 on the CPU (open_clip tokenizer)
-``rgb``         only with ``yield_rgb``: ``[B, 3, S, S]`` float32 in 0..1 on the fitting
-                device, *not* mean/std normalised (the model side normalises)
+``rgb``         only with ``yield_rgb`` or ``data.fit: none``: ``[B, 3, S, S]`` float32 in
+                0..1 on the fitting device, *not* mean/std normalised (the model side
+                normalises)
 ``epoch``       ``int``: the epoch the batch belongs to
 ``timing``      ``{"data_wait_s", "fit_s", "hits", "fitted"}`` of the fit node for this batch
 ==============  ==========================================================================
@@ -41,12 +43,18 @@ import hashlib
 import logging
 
 import torch
-from torchdata.nodes import Loader, Mapper, ParallelMapper, Prefetcher
+from torchdata.nodes import BaseNode, Loader, Mapper, ParallelMapper, Prefetcher
 
 from streamfit.data.cache import SplatCache
 from streamfit.data.config import DataConfig
 from streamfit.data.decode import DECODE_VERSION, Decoder
-from streamfit.data.nodes import EpochMeter, FitNode, SampleBatcher, Tokenize
+from streamfit.data.nodes import EpochMeter, FitNode, PixelNode, SampleBatcher, Tokenize
+from streamfit.data.schedule import (
+    NodeSchedule,
+    ranks_per_node_from_env,
+    resolve_schedule,
+    shard_sizes,
+)
 from streamfit.data.shards import ShardReader, expand_shards
 from streamfit.data.stats import EpochStats, LoaderStats
 from streamfit.fit import FitConfig, get_backend
@@ -82,14 +90,91 @@ class StreamLoader(Loader[dict]):
         self._next_iter_state_dict = None
         self._it = None
 
+    def state_dict(self) -> dict:
+        """The graph's state (where to go on reading, the current epoch's counters so far)
+        plus the finished epochs' stats (``history``)."""
+        return {**super().state_dict(), "history": self.stats.history()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume from ``state_dict`` at the next ``iter``; the finished epochs' stats come
+        back at once (and stay when :meth:`set_epoch` then starts another epoch)."""
+        self.stats.load_history(state_dict.get("history", {}))
+        super().load_state_dict(state_dict)
+
     def epoch_stats(self, epoch: int | None = None) -> EpochStats:
         """Stats of ``epoch`` (default: the current one)."""
         return self.stats.current if epoch is None else self.stats.epochs[epoch]
 
 
+def build_reader(
+    data_cfg: DataConfig, rank: int, world_size: int, epoch: int, stats: LoaderStats
+) -> ShardReader:
+    """The source node of one rank, on the schedule ``data_cfg.schedule`` resolves to."""
+    shards = expand_shards(data_cfg.shards)
+    per_node = data_cfg.ranks_per_node or ranks_per_node_from_env(world_size)
+    node_schedule = None
+    if resolve_schedule(data_cfg.schedule, world_size, per_node) == "node":
+        sizes = shard_sizes(shards)
+        node_schedule = NodeSchedule(
+            shards,
+            world_size,
+            per_node,
+            data_cfg.seed,
+            data_cfg.shuffle_shards,
+            data_cfg.split,
+            sizes,
+        )
+        node = rank // per_node
+        counted = sum(s is not None for s in sizes)
+        expected = node_schedule.rank_samples(epoch)
+        logger.info(
+            "data: node-affine schedule, %d nodes of %d ranks; node %d owns %d of %d shards; "
+            "per-rank samples %.0f..%.0f (%d of %d shard sizes counted, the rest averaged)",
+            len(node_schedule.layout),
+            per_node,
+            node,
+            len(node_schedule.shares[node]),
+            len(shards),
+            min(expected),
+            max(expected),
+            counted,
+            len(shards),
+        )
+        if min(expected) < 0.9 * max(expected):
+            logger.warning(
+                "data: ranks read %.0f to %.0f samples an epoch (whole shards of unequal "
+                "sizes); the training loop ends each epoch with the first rank to run out: "
+                "more, smaller shards or data.split=sample balance them",
+                min(expected),
+                max(expected),
+            )
+        if node in node_schedule.fallbacks():
+            logger.warning(
+                "data: node %d owns %d shards for %d ranks: its ranks split samples instead of "
+                "shards (%d of %d nodes do)",
+                node,
+                len(node_schedule.shares[node]),
+                node_schedule.layout[node],
+                len(node_schedule.fallbacks()),
+                len(node_schedule.layout),
+            )
+    return ShardReader(
+        shards,
+        rank=rank,
+        world_size=world_size,
+        seed=data_cfg.seed,
+        epoch=epoch,
+        shuffle_buffer=data_cfg.shuffle_buffer,
+        shuffle_shards=data_cfg.shuffle_shards,
+        split=data_cfg.split,
+        stats=stats,
+        node_schedule=node_schedule,
+    )
+
+
 def build_loader(
     data_cfg: DataConfig,
-    fit_cfg: FitConfig,
+    fit_cfg: FitConfig | None,
     rank: int = 0,
     world_size: int = 1,
     epoch: int = 0,
@@ -101,35 +186,60 @@ def build_loader(
     ``device``: where fitting runs and splats land (default: ``fit_cfg.device``); the
     backend is ``fit_cfg.backend`` on it. ``epoch``: the first epoch to read. ``fit_misses``:
     False serves only what the cache holds (the rest is skipped as ``not_cached``).
+    With ``data_cfg.fit == "none"`` nothing is fitted: ``fit_cfg`` is not used (may be None)
+    and batches carry ``rgb`` on ``device`` (default: the CPU) instead of splats.
     """
     stats = LoaderStats()
-    backend = get_backend(fit_cfg.backend, str(device) if device is not None else fit_cfg.device)
-    cache = SplatCache(data_cfg.cache_dir, data_cfg.cache_max_bytes) if data_cfg.cache_dir else None
-    reader = ShardReader(
-        expand_shards(data_cfg.shards),
-        rank=rank,
-        world_size=world_size,
-        seed=data_cfg.seed,
-        epoch=epoch,
-        shuffle_buffer=data_cfg.shuffle_buffer,
-        shuffle_shards=data_cfg.shuffle_shards,
-        split=data_cfg.split,
-        stats=stats,
-    )
-    settings = cache_settings(data_cfg, fit_cfg)
-    if cache is not None and data_cfg.cache_key == "key":
-        logger.warning(
-            "data.cache_key=key: splats are found by sample key alone, so keys must be unique "
-            "over every shard this cache sees (img2dataset runs all start at 000000000; "
-            "cache_key=content is safe)"
+    reader = build_reader(data_cfg, rank, world_size, epoch, stats)
+    cache = None
+    if data_cfg.fit == "none":
+        decoder = Decoder(data_cfg.image_size, data_cfg.max_image_pixels, need_image=True)
+        where = "pixels only (data.fit: none)"
+
+        def last_node(batches: SampleBatcher) -> BaseNode[dict]:
+            return PixelNode(batches, device or "cpu", stats)
+
+    else:
+        if fit_cfg is None:
+            raise ValueError("build_loader: a FitConfig is needed unless data.fit is none")
+        fit_device = str(device) if device is not None else fit_cfg.device
+        backend = get_backend(fit_cfg.backend, fit_device)
+        if data_cfg.cache_dir:
+            cache = SplatCache(data_cfg.cache_dir, data_cfg.cache_max_bytes)
+        settings = cache_settings(data_cfg, fit_cfg)
+        if cache is not None and data_cfg.cache_key == "key":
+            logger.warning(
+                "data.cache_key=key: splats are found by sample key alone, so keys must be "
+                "unique over every shard this cache sees (img2dataset runs all start at "
+                "000000000; cache_key=content is safe)"
+            )
+        decoder = Decoder(
+            data_cfg.image_size,
+            data_cfg.max_image_pixels,
+            need_image=data_cfg.yield_rgb,
+            cache_key=data_cfg.cache_key,
+            probe=cache.probe(settings) if cache is not None else None,
         )
-    decoder = Decoder(
-        data_cfg.image_size,
-        data_cfg.max_image_pixels,
-        need_image=data_cfg.yield_rgb,
-        cache_key=data_cfg.cache_key,
-        probe=cache.probe(settings) if cache is not None else None,
-    )
+        where = (
+            f"{backend.name} backend on {backend.device}, "
+            f"cache {cache.path if cache is not None else 'off'}"
+        )
+
+        def last_node(batches: SampleBatcher) -> BaseNode[dict]:
+            return FitNode(
+                batches,
+                fit_cfg,
+                backend,
+                cache,
+                settings,
+                data_cfg.image_size,
+                decoder,
+                data_cfg.yield_rgb,
+                stats,
+                data_cfg.log_every,
+                fit_misses,
+            )
+
     decoded = ParallelMapper(
         reader,
         decoder,
@@ -139,31 +249,17 @@ def build_loader(
         snapshot_frequency=1,
     )
     batches = SampleBatcher(decoded, data_cfg.batch_size, data_cfg.drop_last, stats)
-    fitted = FitNode(
-        batches,
-        fit_cfg,
-        backend,
-        cache,
-        settings,
-        data_cfg.image_size,
-        decoder,
-        data_cfg.yield_rgb,
-        stats,
-        data_cfg.log_every,
-        fit_misses,
-    )
-    node = Mapper(fitted, Tokenize(data_cfg.tokenizer, data_cfg.context_length))
+    node = Mapper(last_node(batches), Tokenize(data_cfg.tokenizer, data_cfg.context_length))
     if data_cfg.prefetch:
         node = Prefetcher(node, prefetch_factor=data_cfg.prefetch, snapshot_frequency=1)
     logger.info(
-        "data: rank %d/%d reads %d of %d shards, %s backend on %s, cache %s",
+        "data: rank %d/%d reads %d of %d shards in epoch %d, %s",
         rank,
         world_size,
         len(reader.epoch_shards(epoch)),
         len(reader.shards),
-        backend.name,
-        backend.device,
-        cache.path if cache is not None else "off",
+        epoch,
+        where,
     )
     matched = ", ".join(reader.shards[:3]) + (", ..." if len(reader.shards) > 3 else "")
     describe = f"data.shards {data_cfg.shards!r} matched {len(reader.shards)} ({matched})"

@@ -66,6 +66,19 @@ class SampleBatcher(BaseNode[list[Decoded]]):
         return batch
 
 
+# Counters of the fit node and the nodes before it, carried in its state. ``skipped`` may
+# count again, after a resume, the few samples the reader had read ahead of the checkpoint.
+FIT_COUNTS = (
+    "cache_hits",
+    "cache_misses",
+    "cache_evictions",
+    "precomputed",
+    "fit_seconds",
+    "data_wait_seconds",
+    "skipped",
+)
+
+
 class FitNode(BaseNode[dict]):
     """Batches of decoded samples -> batch dicts with splats on the backend's device.
 
@@ -101,10 +114,14 @@ class FitNode(BaseNode[dict]):
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
         self.source.reset(None if initial_state is None else initial_state["source"])
+        if initial_state is not None:
+            self.stats.restore(initial_state.get("counts", {}))
         self._batches = 0
 
     def get_state(self) -> dict[str, Any]:
-        return {"source": self.source.state_dict()}
+        # taken right after a batch (the prefetcher's snapshot), so the counts are those of
+        # the batches up to it: a resumed epoch goes on counting hits and fits from there
+        return {"source": self.source.state_dict(), "counts": self.stats.snapshot(*FIT_COUNTS)}
 
     def next(self) -> dict:
         while True:
@@ -204,6 +221,42 @@ class FitNode(BaseNode[dict]):
         return batch
 
 
+class PixelNode(BaseNode[dict]):
+    """Batches of decoded samples -> batch dicts with ``rgb`` only (``data.fit: none``): no
+    cache, no fitting backend, no splats. The RGB stage and RGB evaluation read this."""
+
+    def __init__(
+        self, source: BaseNode[list[Decoded]], device: torch.device | str, stats: LoaderStats
+    ) -> None:
+        super().__init__()
+        self.source, self.device, self.stats = source, device, stats
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self.source.reset(None if initial_state is None else initial_state["source"])
+        if initial_state is not None:
+            self.stats.restore(initial_state.get("counts", {}))
+
+    def get_state(self) -> dict[str, Any]:
+        counts = self.stats.snapshot("data_wait_seconds", "skipped")
+        return {"source": self.source.state_dict(), "counts": counts}
+
+    def next(self) -> dict:
+        start = time.perf_counter()
+        samples = next(self.source)
+        waited = time.perf_counter() - start
+        self.stats.add(data_wait_seconds=waited)
+        rgb = torch.from_numpy(np.stack([s.image for s in samples]))
+        return {
+            "keys": [s.key for s in samples],
+            "shards": [s.shard for s in samples],
+            "captions": [s.caption for s in samples],
+            "json": [s.meta for s in samples],
+            "rgb": rgb.to(self.device).permute(0, 3, 1, 2).float().div_(255.0),
+            "timing": {"data_wait_s": waited, "fit_s": 0.0, "hits": 0, "fitted": 0},
+        }
+
+
 class Tokenize:
     """Adds ``tokens`` (``[B, context_length]`` int64, CPU) for ``captions`` with the
     open_clip tokenizer of ``model_name``."""
@@ -253,9 +306,12 @@ class EpochMeter(BaseNode[dict]):
         super().reset(initial_state)
         self._resumed = initial_state is not None
         self.source.reset(None if initial_state is None else initial_state["source"])
+        if initial_state is not None:
+            self.stats.restore(initial_state.get("counts", {}))
 
     def get_state(self) -> dict[str, Any]:
-        return {"source": self.source.state_dict()}
+        counts = self.stats.snapshot("samples", "batches", "consumer_wait_seconds", "seconds")
+        return {"source": self.source.state_dict(), "counts": counts}
 
     def next(self) -> dict:
         self.stats.mark_request()

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from typing import Any, BinaryIO
 from braceexpand import UnbalancedBracesError, braceexpand
 from torchdata.nodes import BaseNode
 
+from streamfit.data.schedule import NodeSchedule, RankPlan, global_plan
 from streamfit.data.stats import LoaderStats
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -276,8 +276,9 @@ class ShardReader(BaseNode[RawSample]):
     Epoch ``e`` shuffles the shard list with ``seed`` and ``e`` (same order on every rank),
     splits it between ranks (``split="shard"``: shards ``rank::world_size``; ``"sample"``:
     every rank reads every shard and keeps samples ``rank::world_size``), then shuffles samples
-    within a buffer of ``shuffle_buffer``. Across ranks every sample comes exactly once per
-    epoch. Samples missing an image (or splats) or a caption, or with a 0-byte image, and the
+    within a buffer of ``shuffle_buffer``. With a ``node_schedule`` (node-affine shards, see
+    :mod:`streamfit.data.schedule`) the schedule decides instead which shards and samples the
+    rank reads. Across ranks every sample comes exactly once per epoch. Samples missing an image (or splats) or a caption, or with a 0-byte image, and the
     rest of a truncated shard, are skipped and counted in ``stats``.
 
     ``reset(None)`` starts the next epoch (the first is ``epoch``) after a finished one, and
@@ -295,11 +296,12 @@ class ShardReader(BaseNode[RawSample]):
         shuffle_shards: bool = True,
         split: str = "shard",
         stats: LoaderStats | None = None,
+        node_schedule: NodeSchedule | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
-        if split == "shard" and len(shards) < world_size:
+        if node_schedule is None and split == "shard" and len(shards) < world_size:
             raise ValueError(
                 f"{len(shards)} shards cannot be split between {world_size} ranks; "
                 "use split='sample' or more shards"
@@ -308,6 +310,8 @@ class ShardReader(BaseNode[RawSample]):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer, self.shuffle_shards, self.split = shuffle_buffer, shuffle_shards, split
         self.stats = stats or LoaderStats()
+        self.node_schedule = node_schedule
+        self._plan = RankPlan([])
         self.epoch = epoch
         self._finished = False
         self._stream: Iterator[RawSample] | None = None
@@ -318,12 +322,23 @@ class ShardReader(BaseNode[RawSample]):
         self.epoch = epoch
         self._finished = False
 
+    def epoch_plan(self, epoch: int) -> RankPlan:
+        """This rank's shards of ``epoch`` in reading order, and which of their samples it keeps."""
+        if self.node_schedule is not None:
+            return self.node_schedule.plan(self.rank, epoch)
+        return global_plan(
+            self.shards,
+            self.rank,
+            self.world_size,
+            self.seed,
+            epoch,
+            self.shuffle_shards,
+            self.split,
+        )
+
     def epoch_shards(self, epoch: int) -> list[str]:
         """This rank's shards of ``epoch``, in reading order."""
-        order = list(self.shards)
-        if self.shuffle_shards:
-            random.Random(f"{self.seed}/{epoch}").shuffle(order)
-        return order[self.rank :: self.world_size] if self.split == "shard" else order
+        return self.epoch_plan(epoch).shards
 
     # ------------------------------------------------------------------ BaseNode contract
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
@@ -343,7 +358,14 @@ class ShardReader(BaseNode[RawSample]):
             state = initial_state
         self.epoch = int(state["epoch"])
         self._finished = False
-        self._order = self.epoch_shards(self.epoch)
+        self._plan = self.epoch_plan(self.epoch)
+        self._order = self._plan.shards
+        if state.get("plan", self._plan.digest) != self._plan.digest:
+            raise ValueError(
+                f"rank {self.rank}: the loader state was saved under another shard schedule "
+                f"for epoch {self.epoch} (node layout, data.schedule, seed or shard list "
+                "changed); resuming it would repeat or skip samples"
+            )
         self._shard, self._offset = int(state["shard"]), int(state["offset"])
         self._seen, self._yielded = int(state["seen"]), int(state["yielded"])
         self._stream = None
@@ -358,6 +380,7 @@ class ShardReader(BaseNode[RawSample]):
             "seen": self._seen,
             "yielded": self._yielded,
             "buffer": [list(s.position) for s in self._buffer],
+            "plan": self._plan.digest,
         }
 
     def next(self) -> RawSample:
@@ -406,7 +429,7 @@ class ShardReader(BaseNode[RawSample]):
                     self._offset = sample.end
                     self._seen += 1
                     read += 1
-                    if self.split == "sample" and (self._seen - 1) % self.world_size != self.rank:
+                    if (self._seen - 1) % self._plan.stride != self._plan.slot:
                         continue
                     reason = invalid_reason(sample)
                     if reason:
@@ -421,9 +444,9 @@ class ShardReader(BaseNode[RawSample]):
                 self.stats.skip("empty_shard", shard, "<shard>", "a tar with no members")
 
     def _owns(self, index: int) -> bool:
-        """Whether this rank reports a problem of a shard every rank reads (``split="sample"``),
+        """Whether this rank reports a problem of a shard several ranks read (a sample split),
         so that skip counts summed over ranks count each problem once."""
-        return self.split == "shard" or index % self.world_size == self.rank
+        return index % self._plan.stride == self._plan.slot
 
     def _next_shard(self) -> None:
         self._shard += 1

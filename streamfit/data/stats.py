@@ -19,7 +19,8 @@ MAX_SKIP_WARNINGS = 50
 
 @dataclass
 class EpochStats:
-    """What one epoch of one rank did (counts of this process: a resumed epoch starts at 0).
+    """What one epoch of one rank did. A resumed epoch carries on from the counts its
+    checkpoint holds (:meth:`LoaderStats.snapshot` and :meth:`LoaderStats.restore`).
 
     ``samples``: samples yielded to the consumer; ``skipped``: reason -> count;
     ``cache_hits``/``cache_misses``: samples served from / fitted into the cache
@@ -80,7 +81,8 @@ class LoaderStats:
     def end_epoch(self) -> EpochStats:
         with self._lock:
             if self._started is not None:
-                self.current.seconds = time.perf_counter() - self._started
+                # += : a resumed epoch starts from the seconds its checkpoint counted
+                self.current.seconds += time.perf_counter() - self._started
             self.current.complete = True
             return self.current
 
@@ -104,3 +106,38 @@ class LoaderStats:
         with self._lock:
             for name, value in counts.items():
                 setattr(self.current, name, getattr(self.current, name) + value)
+
+    def snapshot(self, *names: str) -> dict:
+        """The named counters of the current epoch so far (``seconds``: wall time until now),
+        for a node's state: restored with :meth:`restore`, a resumed epoch goes on counting
+        from there instead of from 0."""
+        with self._lock:
+            out = {n: getattr(self.current, n) for n in names if n != "seconds"}
+            if "skipped" in out:
+                out["skipped"] = dict(out["skipped"])
+            if "seconds" in names:
+                running = time.perf_counter() - self._started if self._started else 0.0
+                out["seconds"] = self.current.seconds + running
+            return out
+
+    def restore(self, counts: dict) -> None:
+        """Add a :meth:`snapshot` (taken by the checkpointed run) to the current epoch."""
+        with self._lock:
+            for name, value in counts.items():
+                if name == "skipped":
+                    for reason, n in value.items():
+                        self.current.skipped[reason] = self.current.skipped.get(reason, 0) + n
+                else:
+                    setattr(self.current, name, getattr(self.current, name) + value)
+
+    def history(self) -> dict[int, dict]:
+        """The finished epochs' stats, as plain data (part of the loader's state)."""
+        with self._lock:
+            return {e: asdict(s) for e, s in self.epochs.items() if s.complete}
+
+    def load_history(self, history: dict[int, dict]) -> None:
+        """Put back finished epochs saved by :meth:`history` (the current one is kept)."""
+        with self._lock:
+            for epoch, values in history.items():
+                if self.epochs.get(int(epoch)) is not self.current:
+                    self.epochs[int(epoch)] = EpochStats(**values)
