@@ -44,14 +44,16 @@ def start_run(run: RunConfig, config: Any, rank: int) -> Path:
 
 
 def setup_logging(rank: int) -> None:
-    """Log lines to stdout with time and rank; only rank 0 below WARNING."""
+    """Log lines to stdout with time and rank; streamfit's INFO lines on rank 0 only, and
+    other libraries' (open_clip logs every model build through the root logger) from WARNING."""
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
+        level=logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stdout,
         force=True,
     )
+    logging.getLogger("streamfit").setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
 def ensure_data(data: DataConfig, synthetic: SyntheticConfig, rank: int) -> None:
