@@ -157,6 +157,141 @@ def exp_neg_half(q):
     return exp2_8(-(q * U_PER_Q))
 
 
+_stage = njit(fastmath=FASTMATH, cache=True)
+
+
+@_stage
+def forward_pass(staged, span, pxs, pys, nucut, acc_r, acc_g, acc_b, keep_w, keep_z1, keep_z2):
+    """Adds every staged splat's colour into the tile's planes ``acc_* [tile * tile]``; with
+    non-empty ``keep_*`` also keeps each pair's weight and whitened offset for the backward.
+
+    One flat loop a splat over the pixels ``span[j, 0] : span[j, 1]`` (the rows of its box
+    within the tile, all columns): no branch but the cut-off's select, so LLVM vectorises it.
+    Indices are unsigned, so no negative-index wraparound is tested in the loop.
+    """
+    keep = keep_w.shape[0] > 0
+    for j in range(staged.shape[0]):
+        mx, my, i11, l21, i22 = (
+            staged[j, 0],
+            staged[j, 1],
+            staged[j, 2],
+            staged[j, 3],
+            staged[j, 4],
+        )
+        cr, cg, cb = staged[j, 5], staged[j, 6], staged[j, 7]
+        lo = np.uint64(span[j, 0])
+        hi = np.uint64(span[j, 1])
+        if keep:
+            shift = np.uint64(span[j, 2] - span[j, 0])
+            for p in range(lo, hi):
+                z1 = (pxs[p] - mx) * i11
+                z2 = ((pys[p] - my) - l21 * z1) * i22
+                nu = -(z1 * z1) - z2 * z2
+                w = exp2_8(nu) if nu >= nucut else ZERO
+                acc_r[p] += w * cr
+                acc_g[p] += w * cg
+                acc_b[p] += w * cb
+                keep_w[p + shift] = w
+                keep_z1[p + shift] = z1
+                keep_z2[p + shift] = z2
+        else:
+            for p in range(lo, hi):
+                z1 = (pxs[p] - mx) * i11
+                z2 = ((pys[p] - my) - l21 * z1) * i22
+                nu = -(z1 * z1) - z2 * z2
+                w = exp2_8(nu) if nu >= nucut else ZERO
+                acc_r[p] += w * cr
+                acc_g[p] += w * cg
+                acc_b[p] += w * cb
+
+
+@_stage
+def loss_pass(acc_r, acc_g, acc_b, image, target, b, x0, y0, rows, cols, tile, grad_scale):
+    """Writes the tile's colours into ``image [B, H, W, 3]``; with a non-empty ``target``
+    turns the planes into dLoss/dPixel (zero outside the image) and returns the tile's
+    squared error."""
+    with_loss = target.shape[0] > 0
+    sse = ZERO
+    for ly in range(rows):
+        out = image[b, y0 + ly, x0 : x0 + cols]
+        for lx in range(cols):
+            p = ly * tile + lx
+            out[lx, 0] = acc_r[p]
+            out[lx, 1] = acc_g[p]
+            out[lx, 2] = acc_b[p]
+        if not with_loss:
+            continue
+        ref = target[b, y0 + ly, x0 : x0 + cols]
+        for lx in range(cols):
+            p = ly * tile + lx
+            dr = acc_r[p] - ref[lx, 0]
+            dg = acc_g[p] - ref[lx, 1]
+            db = acc_b[p] - ref[lx, 2]
+            sse += dr * dr + dg * dg + db * db
+            acc_r[p] = grad_scale * dr
+            acc_g[p] = grad_scale * dg
+            acc_b[p] = grad_scale * db
+        for p in range(ly * tile + cols, (ly + 1) * tile):
+            acc_r[p] = ZERO
+            acc_g[p] = ZERO
+            acc_b[p] = ZERO
+    if with_loss:
+        acc_r[rows * tile :] = ZERO
+        acc_g[rows * tile :] = ZERO
+        acc_b[rows * tile :] = ZERO
+    return sse
+
+
+@_stage
+def backward_pass(staged, span, acc_r, acc_g, acc_b, keep_w, keep_z1, keep_z2, partial):
+    """``partial [count, 8]``: each staged splat's gradient over the tile's pixels, from the
+    residual planes ``acc_*`` and the pairs the forward kept. One flat loop a splat; its
+    eight sums stay in vector registers."""
+    for j in range(staged.shape[0]):
+        i11, l21, i22 = staged[j, 2], staged[j, 3], staged[j, 4]
+        cr, cg, cb = staged[j, 5], staged[j, 6], staged[j, 7]
+        lo = np.uint64(span[j, 0])
+        hi = np.uint64(span[j, 1])
+        shift = np.uint64(span[j, 2] - span[j, 0])
+        s1 = s2 = s11 = s12 = s22 = gr = gg = gb = ZERO
+        for p in range(lo, hi):
+            w = keep_w[p + shift]
+            # pairs beyond the cut-off add nothing (their z may be inf: 0 * inf is NaN)
+            if w != ZERO:
+                z1, z2 = keep_z1[p + shift], keep_z2[p + shift]
+                rr, rg, rb = acc_r[p], acc_g[p], acc_b[p]
+                kk = w * (rr * cr + rg * cg + rb * cb)
+                kz1 = kk * z1
+                kz2 = kk * z2
+                s1 += kz1
+                s2 += kz2
+                s11 += kz1 * z1
+                s12 += kz1 * z2
+                s22 += kz2 * z2
+                gr += w * rr
+                gg += w * rg
+                gb += w * rb
+        # back to model units: z = z' / s and k = -kk (splat_math.pixel_gradient_terms)
+        gx, gy, g11, g21, g22 = parameter_gradients(
+            -INV_SCALE * s1,
+            -INV_SCALE * s2,
+            -INV_SCALE_SQ * s11,
+            -INV_SCALE_SQ * s12,
+            -INV_SCALE_SQ * s22,
+            i11 * INV_SCALE,
+            l21 * EXP_SCALE,
+            i22 * INV_SCALE,
+        )
+        partial[j, 0] = gx
+        partial[j, 1] = gy
+        partial[j, 2] = g11
+        partial[j, 3] = g21
+        partial[j, 4] = g22
+        partial[j, 5] = gr
+        partial[j, 6] = gg
+        partial[j, 7] = gb
+
+
 @_kernel
 def raster_tiles(
     proj,
@@ -180,11 +315,11 @@ def raster_tiles(
     ``partial [E, 8]``: the gradient of ``grad_scale * SSE / 2`` with respect to the
     parameters of splat ``order[e]``, restricted to the pixels of entry ``e``'s tile.
 
-    Per tile, the listed splats' parameters and row ranges are staged into small contiguous
-    arrays, and the tile's colours (then residuals) live in three planes of ``tile * tile``
-    pixels. Each splat visits the rows of its box within the tile, all ``tile`` columns, as
-    one flat pixel loop with no branches but a select: that loop is what LLVM vectorises
-    (16 pixels a vector), and the backward's eight sums stay in vector registers.
+    Per tile, the listed splats' parameters and pixel ranges are staged into small
+    contiguous arrays; the tile's colours, then residuals, live in three planes of
+    ``tile * tile`` pixels; the forward keeps each pair's weight and whitened offset, so the
+    backward evaluates no exponential (:func:`forward_pass`, :func:`loss_pass`,
+    :func:`backward_pass`).
     """
     n_img, height, width, _ = image.shape
     n_tiles = tiles_x * tiles_y
@@ -197,7 +332,6 @@ def raster_tiles(
         ty = t // tiles_x
         x0 = (t - ty * tiles_x) * tile
         y0 = ty * tile
-        cols = min(tile, width - x0)
         rows = min(tile, height - y0)
         start = offsets[task]
         count = offsets[task + 1] - start
@@ -210,118 +344,80 @@ def raster_tiles(
                 pxs[ly * tile + lx] = np.float32(x0 + lx) + HALF
                 pys[ly * tile + lx] = np.float32(y0 + ly) + HALF
         staged = np.empty((count, PROJ_FIELDS), np.float32)
-        span = np.empty((count, 2), np.int64)
+        # per entry: its first and one-past-last pixel (the rows of its box within the tile,
+        # all columns) and where its pairs start in the keep_* arrays
+        span = np.empty((count, 3), np.int64)
+        lanes = 0
         for j in range(count):
             i = order[start + j]
             for k in range(PROJ_FIELDS):
                 staged[j, k] = proj[b, i, k]
             span[j, 0] = (max(box[b, i, 2], y0) - y0) * tile
             span[j, 1] = (min(box[b, i, 3], y0 + rows - 1) - y0 + 1) * tile
+            span[j, 2] = lanes
+            lanes += span[j, 1] - span[j, 0]
+        kept = lanes if with_loss else 0
+        keep_w = np.empty(kept, np.float32)
+        keep_z1 = np.empty(kept, np.float32)
+        keep_z2 = np.empty(kept, np.float32)
         acc_r = np.zeros(n_pix, np.float32)
         acc_g = np.zeros(n_pix, np.float32)
         acc_b = np.zeros(n_pix, np.float32)
-        for j in range(count):
+        forward_pass(staged, span, pxs, pys, nucut, acc_r, acc_g, acc_b, keep_w, keep_z1, keep_z2)
+        sse = loss_pass(
+            acc_r,
+            acc_g,
+            acc_b,
+            image,
+            target,
+            b,
+            x0,
+            y0,
+            rows,
+            min(tile, width - x0),
+            tile,
+            grad_scale,
+        )
+        if with_loss:
+            tile_sse[task] = sse
+            backward_pass(
+                staged,
+                span,
+                acc_r,
+                acc_g,
+                acc_b,
+                keep_w,
+                keep_z1,
+                keep_z2,
+                partial[start : start + count],
+            )
+
+
+@_kernel
+def cutoff_pairs(proj, box, qcut, counts):
+    """``counts [B]`` int64 (output): the (pixel, splat) pairs of each image inside the cut-off,
+    as :func:`raster_tiles` evaluates ``q``; the work unit of the FLOP rates the benchmark
+    reports."""
+    n_img, n_spl = box.shape[0], box.shape[1]
+    nucut = -(qcut * U_PER_Q)
+    for b in prange(n_img):
+        total = 0
+        for i in range(n_spl):
             mx, my, i11, l21, i22 = (
-                staged[j, 0],
-                staged[j, 1],
-                staged[j, 2],
-                staged[j, 3],
-                staged[j, 4],
+                proj[b, i, 0],
+                proj[b, i, 1],
+                proj[b, i, 2],
+                proj[b, i, 3],
+                proj[b, i, 4],
             )
-            cr, cg, cb = staged[j, 5], staged[j, 6], staged[j, 7]
-            sx = pxs[span[j, 0] : span[j, 1]]
-            sy = pys[span[j, 0] : span[j, 1]]
-            ar = acc_r[span[j, 0] : span[j, 1]]
-            ag = acc_g[span[j, 0] : span[j, 1]]
-            ab = acc_b[span[j, 0] : span[j, 1]]
-            for p in range(sx.shape[0]):
-                z1 = (sx[p] - mx) * i11
-                z2 = ((sy[p] - my) - l21 * z1) * i22
-                nu = -(z1 * z1) - z2 * z2
-                w = exp2_8(nu) if nu >= nucut else ZERO
-                ar[p] += w * cr
-                ag[p] += w * cg
-                ab[p] += w * cb
-        for ly in range(rows):
-            for lx in range(cols):
-                p = ly * tile + lx
-                image[b, y0 + ly, x0 + lx, 0] = acc_r[p]
-                image[b, y0 + ly, x0 + lx, 1] = acc_g[p]
-                image[b, y0 + ly, x0 + lx, 2] = acc_b[p]
-        if not with_loss:
-            continue
-        # the planes become dLoss/dPixel (zero outside the image); the squared error is
-        # summed on the way
-        sse = np.float32(0.0)
-        for ly in range(tile):
-            for lx in range(tile):
-                p = ly * tile + lx
-                if ly < rows and lx < cols:
-                    dr = acc_r[p] - target[b, y0 + ly, x0 + lx, 0]
-                    dg = acc_g[p] - target[b, y0 + ly, x0 + lx, 1]
-                    db = acc_b[p] - target[b, y0 + ly, x0 + lx, 2]
-                    sse += dr * dr + dg * dg + db * db
-                    acc_r[p] = grad_scale * dr
-                    acc_g[p] = grad_scale * dg
-                    acc_b[p] = grad_scale * db
-                else:
-                    acc_r[p] = ZERO
-                    acc_g[p] = ZERO
-                    acc_b[p] = ZERO
-        tile_sse[task] = sse
-        for j in range(count):
-            mx, my, i11, l21, i22 = (
-                staged[j, 0],
-                staged[j, 1],
-                staged[j, 2],
-                staged[j, 3],
-                staged[j, 4],
-            )
-            cr, cg, cb = staged[j, 5], staged[j, 6], staged[j, 7]
-            sx = pxs[span[j, 0] : span[j, 1]]
-            sy = pys[span[j, 0] : span[j, 1]]
-            ar = acc_r[span[j, 0] : span[j, 1]]
-            ag = acc_g[span[j, 0] : span[j, 1]]
-            ab = acc_b[span[j, 0] : span[j, 1]]
-            s1 = s2 = s11 = s12 = s22 = gr = gg = gb = ZERO
-            for p in range(sx.shape[0]):
-                z1 = (sx[p] - mx) * i11
-                z2 = ((sy[p] - my) - l21 * z1) * i22
-                nu = -(z1 * z1) - z2 * z2
-                if nu >= nucut:
-                    w = exp2_8(nu)
-                    rr, rg, rb = ar[p], ag[p], ab[p]
-                    kk = w * (rr * cr + rg * cg + rb * cb)
-                    kz1 = kk * z1
-                    kz2 = kk * z2
-                    s1 += kz1
-                    s2 += kz2
-                    s11 += kz1 * z1
-                    s12 += kz1 * z2
-                    s22 += kz2 * z2
-                    gr += w * rr
-                    gg += w * rg
-                    gb += w * rb
-            # back to model units: z = z' / s and k = -kk (splat_math.pixel_gradient_terms)
-            gx, gy, g11, g21, g22 = parameter_gradients(
-                -INV_SCALE * s1,
-                -INV_SCALE * s2,
-                -INV_SCALE_SQ * s11,
-                -INV_SCALE_SQ * s12,
-                -INV_SCALE_SQ * s22,
-                i11 * INV_SCALE,
-                l21 * EXP_SCALE,
-                i22 * INV_SCALE,
-            )
-            e = start + j
-            partial[e, 0] = gx
-            partial[e, 1] = gy
-            partial[e, 2] = g11
-            partial[e, 3] = g21
-            partial[e, 4] = g22
-            partial[e, 5] = gr
-            partial[e, 6] = gg
-            partial[e, 7] = gb
+            for row in range(box[b, i, 2], box[b, i, 3] + 1):
+                dy = np.float32(row) + HALF - my
+                for col in range(box[b, i, 0], box[b, i, 1] + 1):
+                    z1 = (np.float32(col) + HALF - mx) * i11
+                    z2 = (dy - l21 * z1) * i22
+                    if -(z1 * z1) - z2 * z2 >= nucut:
+                        total += 1
+        counts[b] = total
 
 
 @_kernel

@@ -47,6 +47,23 @@ class CpuBackend(FitBackend):
         self.tile = tile
         self.qcut = np.float32(Q_CUTOFF)
 
+    def _project(
+        self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+        """Projected splats ``[B, N, 8]``, their pixel boxes ``[B, N, 4]``, the ``bad`` flags
+        ``[B]`` and the tile grid ``(tiles_x, tiles_y)``."""
+        p = _view(params)
+        m = _view(mask, torch.bool)
+        n_img, n_spl = m.shape
+        if p.shape != (n_img, n_spl, 8):
+            raise ValueError(f"params {p.shape} and mask {m.shape} disagree")
+        proj = np.empty((n_img, n_spl, kernels.PROJ_FIELDS), np.float32)
+        box = np.empty((n_img, n_spl, 4), np.int32)
+        bad = np.zeros(n_img, np.uint8)
+        kernels.project(p, m, height, width, self.qcut, proj, box, bad)
+        grid = (math.ceil(width / self.tile), math.ceil(height / self.tile))
+        return proj, box, bad, grid
+
     def _raster(
         self,
         params: torch.Tensor,
@@ -55,17 +72,8 @@ class CpuBackend(FitBackend):
         height: int,
         width: int,
     ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
-        p = _view(params)
-        m = _view(mask, torch.bool)
-        n_img, n_spl = m.shape
-        if p.shape != (n_img, n_spl, 8):
-            raise ValueError(f"params {p.shape} and mask {m.shape} disagree")
-        tiles_x = math.ceil(width / self.tile)
-        tiles_y = math.ceil(height / self.tile)
-        proj = np.empty((n_img, n_spl, kernels.PROJ_FIELDS), np.float32)
-        box = np.empty((n_img, n_spl, 4), np.int32)
-        bad = np.zeros(n_img, np.uint8)
-        kernels.project(p, m, height, width, self.qcut, proj, box, bad)
+        proj, box, bad, (tiles_x, tiles_y) = self._project(params, mask, height, width)
+        n_img, n_spl = box.shape[:2]
         offsets, order = kernels.bin_tiles(box, self.tile, tiles_x, tiles_y)
         image = np.empty((n_img, height, width, 3), np.float32)
         count = height * width * 3
@@ -119,6 +127,17 @@ class CpuBackend(FitBackend):
             grad.numpy(),
         )
         return image, loss, grad
+
+    @torch.no_grad()
+    def cutoff_pairs(
+        self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        """``[B]`` int64: the (pixel, splat) pairs inside the cut-off of each image, the work
+        that does not depend on the tile size (for FLOP rates; 0 for a non-finite image)."""
+        proj, box, _, _ = self._project(params, mask, height, width)
+        counts = np.zeros(box.shape[0], np.int64)
+        kernels.cutoff_pairs(proj, box, self.qcut, counts)
+        return torch.from_numpy(counts)
 
     @torch.no_grad()
     def render(
