@@ -47,6 +47,9 @@ _kernel = njit(parallel=True, fastmath=FASTMATH, cache=True)
 # projected splat, per [b, i]: x, y, i11 s, l21 / s, i22 s, r, g, b (float32, s = EXP_SCALE)
 # and its pixel box c0, c1, r0, r1 (int32, inclusive; c0 > c1 when the splat touches no pixel)
 PROJ_FIELDS = 8
+# raster_tiles hands the (image, tile) tasks to threads in runs of this many (each run allocates
+# its work arrays once)
+TILES_PER_RUN = 8
 ZERO = splat_math.ZERO
 HALF = splat_math.HALF
 
@@ -323,74 +326,87 @@ def raster_tiles(
     """
     n_img, height, width, _ = image.shape
     n_tiles = tiles_x * tiles_y
+    n_tasks = n_img * n_tiles
     n_pix = tile * tile
     with_loss = target.shape[0] > 0
     nucut = -(qcut * U_PER_Q)
-    for task in prange(n_img * n_tiles):
-        b = task // n_tiles
-        t = task - b * n_tiles
-        ty = t // tiles_x
-        x0 = (t - ty * tiles_x) * tile
-        y0 = ty * tile
-        rows = min(tile, height - y0)
-        start = offsets[task]
-        count = offsets[task + 1] - start
-        # pixel centres of the whole tile, row-major (columns beyond the image included:
-        # their colours are never written and their residuals are zero)
+    most = 0  # the longest tile list: the size of each thread's work arrays
+    for task in range(n_tasks):
+        most = max(most, offsets[task + 1] - offsets[task])
+    n_runs = (n_tasks + TILES_PER_RUN - 1) // TILES_PER_RUN
+    for run in prange(n_runs):
         pxs = np.empty(n_pix, np.float32)
         pys = np.empty(n_pix, np.float32)
-        for ly in range(tile):
-            for lx in range(tile):
-                pxs[ly * tile + lx] = np.float32(x0 + lx) + HALF
-                pys[ly * tile + lx] = np.float32(y0 + ly) + HALF
-        staged = np.empty((count, PROJ_FIELDS), np.float32)
-        # per entry: its first and one-past-last pixel (the rows of its box within the tile,
-        # all columns) and where its pairs start in the keep_* arrays
-        span = np.empty((count, 3), np.int64)
-        lanes = 0
-        for j in range(count):
-            i = order[start + j]
-            for k in range(PROJ_FIELDS):
-                staged[j, k] = proj[b, i, k]
-            span[j, 0] = (max(box[b, i, 2], y0) - y0) * tile
-            span[j, 1] = (min(box[b, i, 3], y0 + rows - 1) - y0 + 1) * tile
-            span[j, 2] = lanes
-            lanes += span[j, 1] - span[j, 0]
-        kept = lanes if with_loss else 0
+        staged_all = np.empty((most, PROJ_FIELDS), np.float32)
+        span_all = np.empty((most, 3), np.int64)
+        kept = most * n_pix if with_loss else 0
         keep_w = np.empty(kept, np.float32)
         keep_z1 = np.empty(kept, np.float32)
         keep_z2 = np.empty(kept, np.float32)
-        acc_r = np.zeros(n_pix, np.float32)
-        acc_g = np.zeros(n_pix, np.float32)
-        acc_b = np.zeros(n_pix, np.float32)
-        forward_pass(staged, span, pxs, pys, nucut, acc_r, acc_g, acc_b, keep_w, keep_z1, keep_z2)
-        sse = loss_pass(
-            acc_r,
-            acc_g,
-            acc_b,
-            image,
-            target,
-            b,
-            x0,
-            y0,
-            rows,
-            min(tile, width - x0),
-            tile,
-            grad_scale,
-        )
-        if with_loss:
-            tile_sse[task] = sse
-            backward_pass(
-                staged,
-                span,
+        acc_r = np.empty(n_pix, np.float32)
+        acc_g = np.empty(n_pix, np.float32)
+        acc_b = np.empty(n_pix, np.float32)
+        for task in range(run * TILES_PER_RUN, min((run + 1) * TILES_PER_RUN, n_tasks)):
+            b = task // n_tiles
+            t = task - b * n_tiles
+            ty = t // tiles_x
+            x0 = (t - ty * tiles_x) * tile
+            y0 = ty * tile
+            rows = min(tile, height - y0)
+            start = offsets[task]
+            count = offsets[task + 1] - start
+            # pixel centres of the whole tile, row-major (columns beyond the image included:
+            # their colours are never written and their residuals are zero)
+            for ly in range(tile):
+                for lx in range(tile):
+                    pxs[ly * tile + lx] = np.float32(x0 + lx) + HALF
+                    pys[ly * tile + lx] = np.float32(y0 + ly) + HALF
+            staged = staged_all[:count]
+            # per entry: its first and one-past-last pixel (the rows of its box within the
+            # tile, all columns) and where its pairs start in the keep_* arrays
+            span = span_all[:count]
+            lanes = 0
+            for j in range(count):
+                i = order[start + j]
+                for k in range(PROJ_FIELDS):
+                    staged[j, k] = proj[b, i, k]
+                span[j, 0] = (max(box[b, i, 2], y0) - y0) * tile
+                span[j, 1] = (min(box[b, i, 3], y0 + rows - 1) - y0 + 1) * tile
+                span[j, 2] = lanes
+                lanes += span[j, 1] - span[j, 0]
+            acc_r[:] = ZERO
+            acc_g[:] = ZERO
+            acc_b[:] = ZERO
+            forward_pass(
+                staged, span, pxs, pys, nucut, acc_r, acc_g, acc_b, keep_w, keep_z1, keep_z2
+            )
+            sse = loss_pass(
                 acc_r,
                 acc_g,
                 acc_b,
-                keep_w,
-                keep_z1,
-                keep_z2,
-                partial[start : start + count],
+                image,
+                target,
+                b,
+                x0,
+                y0,
+                rows,
+                min(tile, width - x0),
+                tile,
+                grad_scale,
             )
+            if with_loss:
+                tile_sse[task] = sse
+                backward_pass(
+                    staged,
+                    span,
+                    acc_r,
+                    acc_g,
+                    acc_b,
+                    keep_w,
+                    keep_z1,
+                    keep_z2,
+                    partial[start : start + count],
+                )
 
 
 @_kernel
