@@ -75,36 +75,37 @@ def project(params, mask, height, width, qcut, proj, box, bad):
     """Per splat: ``proj [B, N, 8]`` and ``box [B, N, 4]`` (outputs); ``bad [B]`` uint8 is set
     to 1 for images with a non-finite parameter in a valid splat."""
     n_img, n_spl = mask.shape
-    for b in prange(n_img):
-        for i in range(n_spl):
-            box[b, i, 0] = 1
-            box[b, i, 1] = 0
-            box[b, i, 2] = 1
-            box[b, i, 3] = 0
-            if not mask[b, i]:
-                continue
-            p = params[b, i]
-            if not is_finite_splat(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]):
-                bad[b] = 1
-                continue
-            i11, i22 = inverse_diagonal(p[2], p[4])
-            rx, ry = footprint_half_extents(p[2], p[3], p[4], qcut)
-            c0, c1 = pixel_span(p[0], rx, width)
-            r0, r1 = pixel_span(p[1], ry, height)
-            if c0 > c1 or r0 > r1:
-                continue
-            proj[b, i, 0] = p[0]
-            proj[b, i, 1] = p[1]
-            proj[b, i, 2] = i11 * EXP_SCALE
-            proj[b, i, 3] = p[3] * INV_SCALE
-            proj[b, i, 4] = i22 * EXP_SCALE
-            proj[b, i, 5] = p[5]
-            proj[b, i, 6] = p[6]
-            proj[b, i, 7] = p[7]
-            box[b, i, 0] = c0
-            box[b, i, 1] = c1
-            box[b, i, 2] = r0
-            box[b, i, 3] = r1
+    for idx in prange(n_img * n_spl):  # one splat a step: both cores work at batch 1 too
+        b = idx // n_spl
+        i = idx - b * n_spl
+        box[b, i, 0] = 1
+        box[b, i, 1] = 0
+        box[b, i, 2] = 1
+        box[b, i, 3] = 0
+        if not mask[b, i]:
+            continue
+        p = params[b, i]
+        if not is_finite_splat(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]):
+            bad[b] = 1
+            continue
+        i11, i22 = inverse_diagonal(p[2], p[4])
+        rx, ry = footprint_half_extents(p[2], p[3], p[4], qcut)
+        c0, c1 = pixel_span(p[0], rx, width)
+        r0, r1 = pixel_span(p[1], ry, height)
+        if c0 > c1 or r0 > r1:
+            continue
+        proj[b, i, 0] = p[0]
+        proj[b, i, 1] = p[1]
+        proj[b, i, 2] = i11 * EXP_SCALE
+        proj[b, i, 3] = p[3] * INV_SCALE
+        proj[b, i, 4] = i22 * EXP_SCALE
+        proj[b, i, 5] = p[5]
+        proj[b, i, 6] = p[6]
+        proj[b, i, 7] = p[7]
+        box[b, i, 0] = c0
+        box[b, i, 1] = c1
+        box[b, i, 2] = r0
+        box[b, i, 3] = r1
 
 
 @_kernel
@@ -439,21 +440,26 @@ def cutoff_pairs(proj, box, qcut, counts):
 @_kernel
 def reduce_tiles(offsets, order, partial, tile_sse, n_tiles, loss_scale, bad, loss, grad):
     """Per image: ``loss [B] = loss_scale * sum of its tiles' SSE`` and ``grad [B, N, 8]`` (zeroed
-    by the caller) += the partials of its entries; NaN for images flagged in ``bad``."""
+    by the caller) += the partials of its entries; NaN for images flagged in ``bad``.
+
+    One (image, parameter column) a step: no two steps write the same element, and both
+    cores work at batch 1 too."""
     n_img = loss.shape[0]
-    for b in prange(n_img):
+    n_par = partial.shape[1]
+    for idx in prange(n_img * n_par):
+        b = idx // n_par
+        k = idx - b * n_par
         if bad[b]:
             loss[b] = np.nan
-            grad[b, :, :] = np.nan
+            grad[b, :, k] = np.nan
             continue
-        total = np.float32(0.0)
-        for t in range(b * n_tiles, (b + 1) * n_tiles):
-            total += tile_sse[t]
-        loss[b] = loss_scale * total
+        if k == 0:
+            total = np.float32(0.0)
+            for t in range(b * n_tiles, (b + 1) * n_tiles):
+                total += tile_sse[t]
+            loss[b] = loss_scale * total
         for e in range(offsets[b * n_tiles], offsets[(b + 1) * n_tiles]):
-            g = grad[b, order[e]]
-            for k in range(8):
-                g[k] += partial[e, k]
+            grad[b, order[e], k] += partial[e, k]
 
 
 @_kernel
@@ -462,13 +468,14 @@ def adam_step(params, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, bias1, bias2,
     parameter column); the scalars are float32 and ``beta1``/``beta2`` are ``(beta, 1 - beta)``
     pairs, so this evaluates the same float32 expressions as ``FitBackend.adam_step``."""
     n_img, n_spl, n_par = params.shape
-    for b in prange(n_img):
-        for i in range(n_spl):
-            for k in range(n_par):
-                g = grad[b, i, k]
-                m = exp_avg[b, i, k] * beta1[0] + g * beta1[1]
-                v = exp_avg_sq[b, i, k] * beta2[0] + beta2[1] * g * g
-                exp_avg[b, i, k] = m
-                exp_avg_sq[b, i, k] = v
-                denom = np.sqrt(v / bias2) + eps
-                params[b, i, k] -= m * (lr[k] / bias1) / denom
+    for idx in prange(n_img * n_spl):  # one splat a step: both cores work at batch 1 too
+        b = idx // n_spl
+        i = idx - b * n_spl
+        for k in range(n_par):
+            g = grad[b, i, k]
+            m = exp_avg[b, i, k] * beta1[0] + g * beta1[1]
+            v = exp_avg_sq[b, i, k] * beta2[0] + beta2[1] * g * g
+            exp_avg[b, i, k] = m
+            exp_avg_sq[b, i, k] = v
+            denom = np.sqrt(v / bias2) + eps
+            params[b, i, k] -= m * (lr[k] / bias1) / denom
