@@ -210,12 +210,8 @@ def forward_pass(staged, span, pxs, pys, nucut, acc_r, acc_g, acc_b, keep_w, kee
 
 
 @_stage
-def loss_pass(acc_r, acc_g, acc_b, image, target, b, x0, y0, rows, cols, tile, grad_scale):
-    """Writes the tile's colours into ``image [B, H, W, 3]``; with a non-empty ``target``
-    turns the planes into dLoss/dPixel (zero outside the image) and returns the tile's
-    squared error."""
-    with_loss = target.shape[0] > 0
-    sse = ZERO
+def write_tile(acc_r, acc_g, acc_b, image, b, x0, y0, rows, cols, tile):
+    """Writes the tile's colour planes into ``image [B, H, W, 3]``."""
     for ly in range(rows):
         out = image[b, y0 + ly, x0 : x0 + cols]
         for lx in range(cols):
@@ -223,26 +219,27 @@ def loss_pass(acc_r, acc_g, acc_b, image, target, b, x0, y0, rows, cols, tile, g
             out[lx, 0] = acc_r[p]
             out[lx, 1] = acc_g[p]
             out[lx, 2] = acc_b[p]
-        if not with_loss:
-            continue
-        ref = target[b, y0 + ly, x0 : x0 + cols]
-        for lx in range(cols):
-            p = ly * tile + lx
-            dr = acc_r[p] - ref[lx, 0]
-            dg = acc_g[p] - ref[lx, 1]
-            db = acc_b[p] - ref[lx, 2]
-            sse += dr * dr + dg * dg + db * db
-            acc_r[p] = grad_scale * dr
-            acc_g[p] = grad_scale * dg
-            acc_b[p] = grad_scale * db
-        for p in range(ly * tile + cols, (ly + 1) * tile):
-            acc_r[p] = ZERO
-            acc_g[p] = ZERO
-            acc_b[p] = ZERO
-    if with_loss:
-        acc_r[rows * tile :] = ZERO
-        acc_g[rows * tile :] = ZERO
-        acc_b[rows * tile :] = ZERO
+
+
+@_stage
+def loss_pass(acc_r, acc_g, acc_b, target, b, x0, y0, rows, cols, tile, grad_scale):
+    """Turns the tile's colour planes into dLoss/dPixel (zero outside the image) against the
+    planar ``target [B, 3, H, W]`` and returns the tile's squared error. Planes against
+    planes: every row is three unit-stride loops LLVM vectorises."""
+    sse = ZERO
+    for ly in range(rows):
+        lo = ly * tile
+        for plane, acc in ((0, acc_r), (1, acc_g), (2, acc_b)):
+            ref = target[b, plane, y0 + ly, x0 : x0 + cols]
+            row = acc[lo : lo + cols]
+            for lx in range(cols):
+                d = row[lx] - ref[lx]
+                sse += d * d
+                row[lx] = grad_scale * d
+            acc[lo + cols : lo + tile] = ZERO
+    acc_r[rows * tile :] = ZERO
+    acc_g[rows * tile :] = ZERO
+    acc_b[rows * tile :] = ZERO
     return sse
 
 
@@ -314,22 +311,26 @@ def raster_tiles(
 ):
     """Forward, loss and backward of every (image, tile), fused.
 
-    Writes ``image [B, H, W, 3]``; with ``target`` (``[B, H, W, 3]``, or an empty array for
-    a forward pass only) also ``tile_sse [B * T]`` (sum of squared errors) and
-    ``partial [E, 8]``: the gradient of ``grad_scale * SSE / 2`` with respect to the
-    parameters of splat ``order[e]``, restricted to the pixels of entry ``e``'s tile.
+    With an empty ``target`` (a forward pass only) writes ``image [B, H, W, 3]``. With a
+    planar ``target [B, 3, H, W]`` (``image`` is then not written and may be empty) writes
+    ``tile_sse [B * T]`` (sums of squared errors) and ``partial [E, 8]``: the gradient of
+    ``grad_scale * SSE / 2`` with respect to the parameters of splat ``order[e]``,
+    restricted to the pixels of entry ``e``'s tile.
 
     Per tile, the listed splats' parameters and pixel ranges are staged into small
     contiguous arrays; the tile's colours, then residuals, live in three planes of
     ``tile * tile`` pixels; the forward keeps each pair's weight and whitened offset, so the
-    backward evaluates no exponential (:func:`forward_pass`, :func:`loss_pass`,
-    :func:`backward_pass`).
+    backward evaluates no exponential (:func:`forward_pass`, :func:`loss_pass` or
+    :func:`write_tile`, :func:`backward_pass`).
     """
-    n_img, height, width, _ = image.shape
+    with_loss = target.shape[0] > 0
+    if with_loss:
+        n_img, _, height, width = target.shape
+    else:
+        n_img, height, width, _ = image.shape
     n_tiles = tiles_x * tiles_y
     n_tasks = n_img * n_tiles
     n_pix = tile * tile
-    with_loss = target.shape[0] > 0
     nucut = -(qcut * U_PER_Q)
     most = 0  # the longest tile list: the size of each thread's work arrays
     for task in range(n_tasks):
@@ -381,33 +382,24 @@ def raster_tiles(
             forward_pass(
                 staged, span, pxs, pys, nucut, acc_r, acc_g, acc_b, keep_w, keep_z1, keep_z2
             )
-            sse = loss_pass(
+            cols = min(tile, width - x0)
+            if not with_loss:
+                write_tile(acc_r, acc_g, acc_b, image, b, x0, y0, rows, cols, tile)
+                continue
+            tile_sse[task] = loss_pass(
+                acc_r, acc_g, acc_b, target, b, x0, y0, rows, cols, tile, grad_scale
+            )
+            backward_pass(
+                staged,
+                span,
                 acc_r,
                 acc_g,
                 acc_b,
-                image,
-                target,
-                b,
-                x0,
-                y0,
-                rows,
-                min(tile, width - x0),
-                tile,
-                grad_scale,
+                keep_w,
+                keep_z1,
+                keep_z2,
+                partial[start : start + count],
             )
-            if with_loss:
-                tile_sse[task] = sse
-                backward_pass(
-                    staged,
-                    span,
-                    acc_r,
-                    acc_g,
-                    acc_b,
-                    keep_w,
-                    keep_z1,
-                    keep_z2,
-                    partial[start : start + count],
-                )
 
 
 @_kernel

@@ -102,6 +102,21 @@ def test_crowded_tile_matches_reference(backend):
         assert relative_error(grad[..., k], ref_grad[..., k]) < 10 * RTOL, k
 
 
+def test_target_planes_follow_the_target(backend):
+    """The backend keeps the planar copy of the last target: an in-place change of that
+    tensor, or another tensor, must be seen."""
+    params, mask = random_splats(2, 20, 18, 23, seed=9)
+    target = torch.rand(2, 18, 23, 3, generator=torch.Generator().manual_seed(5))
+    first, _ = backend.loss_and_grad(params, mask, target)
+    target.mul_(0.5)
+    halved, _ = backend.loss_and_grad(params, mask, target)
+    _, ref_mse, _ = reference_loss_and_grad(params, mask, target)
+    assert relative_error(halved, ref_mse) < RTOL and not torch.equal(first, halved)
+    other = torch.rand(2, 18, 23, 3, generator=torch.Generator().manual_seed(6))
+    _, ref_other, _ = reference_loss_and_grad(params, mask, other)
+    assert relative_error(backend.loss_and_grad(params, mask, other)[0], ref_other) < RTOL
+
+
 def test_cutoff_pairs_count_the_reference_footprints(backend):
     """``cutoff_pairs`` counts the pairs with ``q <= Q_CUTOFF``, per image."""
     params, mask = random_splats(2, 25, 30, 41, seed=7)

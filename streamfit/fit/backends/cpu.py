@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ class CpuBackend(FitBackend):
             raise ValueError(f"tile must be >= 1, got {tile}")
         self.tile = tile
         self.qcut = np.float32(Q_CUTOFF)
+        self._target_planes: tuple[weakref.ref, int, np.ndarray] | None = None
 
     def _project(
         self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
@@ -71,14 +73,14 @@ class CpuBackend(FitBackend):
         target: torch.Tensor | None,
         height: int,
         width: int,
-    ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[np.ndarray | None, torch.Tensor | None, torch.Tensor | None]:
         proj, box, bad, (tiles_x, tiles_y) = self._project(params, mask, height, width)
         n_img, n_spl = box.shape[:2]
         offsets, order = kernels.bin_tiles(box, self.tile, tiles_x, tiles_y)
-        image = np.empty((n_img, height, width, 3), np.float32)
         count = height * width * 3
+        empty = np.empty((0, 0, 0, 3), np.float32)
         if target is None:
-            empty = np.empty((0, 0, 0, 3), np.float32)
+            image = np.empty((n_img, height, width, 3), np.float32)
             kernels.raster_tiles(
                 proj,
                 box,
@@ -103,13 +105,13 @@ class CpuBackend(FitBackend):
             box,
             offsets,
             order,
-            _view(target),
+            self._planes(target),
             self.tile,
             tiles_x,
             tiles_y,
             self.qcut,
             np.float32(2.0 / count),
-            image,
+            empty,
             tile_sse,
             partial,
         )
@@ -126,7 +128,21 @@ class CpuBackend(FitBackend):
             loss.numpy(),
             grad.numpy(),
         )
-        return image, loss, grad
+        return None, loss, grad
+
+    def _planes(self, target: torch.Tensor) -> np.ndarray:
+        """``target`` as ``[B, 3, H, W]`` colour planes, which the loss reads with unit stride.
+
+        A fit passes one unchanged target every iteration, so the planes of the last target
+        are kept while the same tensor object comes back unmodified (its version counter);
+        the cache is one tuple, read once, so concurrent fits on one backend stay correct.
+        """
+        cached = self._target_planes
+        if cached is not None and cached[0]() is target and cached[1] == target._version:
+            return cached[2]
+        planes = np.ascontiguousarray(_view(target).transpose(0, 3, 1, 2))
+        self._target_planes = (weakref.ref(target), target._version, planes)
+        return planes
 
     @torch.no_grad()
     def cutoff_pairs(
