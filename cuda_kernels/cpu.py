@@ -430,28 +430,34 @@ def cutoff_pairs(proj, box, qcut, counts):
 
 
 @_kernel
-def reduce_tiles(offsets, order, partial, tile_sse, n_tiles, loss_scale, bad, loss, grad):
+def reduce_tiles(offsets, order, partial, tile_sse, n_tiles, parts, loss_scale, bad, loss, grad):
     """Per image: ``loss [B] = loss_scale * sum of its tiles' SSE`` and ``grad [B, N, 8]`` (zeroed
     by the caller) += the partials of its entries; NaN for images flagged in ``bad``.
 
-    One (image, parameter column) a step: no two steps write the same element, and both
-    cores work at batch 1 too."""
-    n_img = loss.shape[0]
-    n_par = partial.shape[1]
-    for idx in prange(n_img * n_par):
-        b = idx // n_par
-        k = idx - b * n_par
+    One step per (image, part of its splats): each step reads all the image's entries (in
+    order, so the reads stream) and adds those of its own splats, so no two steps write the
+    same splat. ``parts > 1`` keeps every core busy when there are fewer images than cores.
+    """
+    n_img, n_spl = grad.shape[0], grad.shape[1]
+    for idx in prange(n_img * parts):
+        b = idx // parts
+        part = idx - b * parts
+        lo = part * n_spl // parts
+        hi = (part + 1) * n_spl // parts
         if bad[b]:
             loss[b] = np.nan
-            grad[b, :, k] = np.nan
+            grad[b, lo:hi, :] = np.nan
             continue
-        if k == 0:
+        if part == 0:
             total = np.float32(0.0)
             for t in range(b * n_tiles, (b + 1) * n_tiles):
                 total += tile_sse[t]
             loss[b] = loss_scale * total
         for e in range(offsets[b * n_tiles], offsets[(b + 1) * n_tiles]):
-            grad[b, order[e], k] += partial[e, k]
+            i = order[e]
+            if lo <= i < hi:
+                for k in range(8):
+                    grad[b, i, k] += partial[e, k]
 
 
 @_kernel

@@ -102,6 +102,29 @@ def test_crowded_tile_matches_reference(backend):
         assert relative_error(grad[..., k], ref_grad[..., k]) < 10 * RTOL, k
 
 
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_reduce_in_parts_matches_reduce_per_image(backend, parts):
+    """``reduce_tiles`` splitting each image's splats among steps adds the same partials."""
+    params, mask = random_splats(2, 23, 30, 35, seed=12)
+    target = torch.rand(2, 30, 35, 3, generator=torch.Generator().manual_seed(7))
+    proj, box, bad, (tiles_x, tiles_y) = backend._project(params, mask, 30, 35)
+    offsets, order = cpu_kernels.bin_tiles(box, backend.tile, tiles_x, tiles_y)
+    tile_sse = np.empty(2 * tiles_x * tiles_y, np.float32)
+    partial = np.empty((order.shape[0], 8), np.float32)
+    cpu_kernels.raster_tiles(
+        proj, box, offsets, order, backend._planes(target), backend.tile, tiles_x, tiles_y,
+        backend.qcut, np.float32(1.0), np.empty((0, 0, 0, 3), np.float32), tile_sse, partial,
+    )  # fmt: skip
+    results = []
+    for n in (1, parts):
+        loss, grad = np.empty(2, np.float32), np.zeros((2, 23, 8), np.float32)
+        args = (tiles_x * tiles_y, n, np.float32(1.0), bad, loss, grad)
+        cpu_kernels.reduce_tiles(offsets, order, partial, tile_sse, *args)
+        results.append((loss, grad))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
 def test_target_planes_follow_the_target(backend):
     """The backend keeps the planar copy of the last target: an in-place change of that
     tensor, or another tensor, must be seen."""

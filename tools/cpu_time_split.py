@@ -77,7 +77,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
 
     from cuda_kernels import cpu as kernels
     from streamfit.fit import FitConfig
-    from streamfit.fit.backends.cpu import CpuBackend, warm_up
+    from streamfit.fit.backends.cpu import CpuBackend, reduce_parts, warm_up
     from streamfit.fit.fitter import initial_params
 
     sys.path.insert(0, str(ROOT / "tools"))
@@ -111,8 +111,17 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         "raster_tiles (render)": lambda: raster(empty, image, tile_sse[:0], partial[:0]),
         "raster_tiles (loss and gradient)": lambda: raster(planes, empty, tile_sse, partial),
         "reduce_tiles": lambda: kernels.reduce_tiles(
-            offsets, order, partial, tile_sse, tiles_x * tiles_y, np.float32(1e-5), bad, loss, grad
-        ),
+            offsets,
+            order,
+            partial,
+            tile_sse,
+            tiles_x * tiles_y,
+            reduce_parts(args.batch),
+            np.float32(1e-5),
+            bad,
+            loss,
+            grad,
+        ),  # fmt: skip
         "adam_step": lambda: backend.adam_step(params, *zeros, torch.zeros(8), 1, (0.9, 0.99)),
         "loss_and_grad (backend)": lambda: backend.loss_and_grad(params, mask, images),
     }

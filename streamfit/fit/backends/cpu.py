@@ -17,6 +17,7 @@ import math
 import time
 import weakref
 
+import numba
 import numpy as np
 import torch
 
@@ -25,6 +26,12 @@ from streamfit.fit.backends.base import FitBackend, check_target
 from streamfit.render import Q_CUTOFF
 
 DEFAULT_TILE = 16
+
+
+def reduce_parts(n_img: int) -> int:
+    """How many parts ``reduce_tiles`` splits each image's splats into: enough for every Numba
+    thread to have work when there are fewer images than threads."""
+    return max(1, numba.get_num_threads() // max(n_img, 1))
 
 
 def _view(tensor: torch.Tensor, dtype: torch.dtype = torch.float32) -> np.ndarray:
@@ -123,6 +130,7 @@ class CpuBackend(FitBackend):
             partial,
             tile_sse,
             tiles_x * tiles_y,
+            reduce_parts(n_img),
             np.float32(1.0 / count),
             bad,
             loss.numpy(),
