@@ -8,18 +8,39 @@ and :func:`adam_step`. Two CPU-only stages replace what the GPU does with atomic
 each tile's partial gradient atomically). Both modules follow one numerical contract, written
 in :mod:`cuda_kernels.gpu` and compiled with the same fast-math flags (``splat_math.FASTMATH``).
 
-A loss-and-gradient evaluation is four calls: :func:`project` (per splat: inverse factors and
-the pixel box of its cut-off footprint), :func:`bin_tiles` (per image: CSR lists of the
-splats touching each tile; on a CPU the list lengths cost nothing to read, so the GPU's
-fixed-size bitmask is not needed), :func:`raster_tiles` (per (image, tile): forward image,
-squared error and, while the tile is in cache, the tile's partial gradient of every splat in
-its list, written to that list entry; each splat visits only its box's pixels), and
-:func:`reduce_tiles` (one thread per image sums its entries' partials, so no two threads add
-into the same splat).
+A loss-and-gradient evaluation is four calls: :func:`project` (per splat: inverse factors,
+in the scaled coordinates below, and the pixel box of its cut-off footprint),
+:func:`bin_tiles` (per image: CSR lists of the splats touching each tile; on a CPU the list
+lengths cost nothing to read, so the GPU's fixed-size bitmask is not needed),
+:func:`raster_tiles` (per (image, tile): forward, squared error and, while the tile is in
+cache, the tile's partial gradient of every splat in its list, written to that list entry),
+and :func:`reduce_tiles` (per (image, part of its splats): the entries' partials summed, so
+no two threads add into the same splat).
+
+How the tile stages use the cores (the GPU's design, translated; measured in BENCHMARKS.md):
+
+* SIMD over pixels. A tile's colours, then its residuals, are three planes of
+  ``tile * tile`` floats. Each splat visits the rows of its box within the tile, all columns,
+  as one flat loop over contiguous pixels with no branch but the cut-off's select: LLVM
+  vectorises it (8 floats a ``ymm`` register: ``tools/cpu_time_split.py`` counts the
+  packed ``vfmadd...ps`` in the compiled code). Pixel indices are unsigned, so no
+  negative-index wraparound is tested in the loop, and no pair costs an integer division.
+* A vectorisable exponential. Coordinates are scaled by ``EXP_SCALE`` so the quadratic form
+  is ``u = q log2(e) / 16`` and ``exp(-q/2) = (2 ** -u) ** 8``; inside the cut-off
+  ``u < 1``, so :func:`exp2_8` is a degree-5 polynomial and three squarings (range
+  reduction by argument scaling), no libm call; relative error < 3e-6.
+* Staging and fusion. The splats of a tile's list are copied into a small contiguous array
+  first; forward, loss and backward of a tile run back to back; the forward keeps each
+  pair's weight and whitened offset, so the backward (eight sums a splat, held in vector
+  registers) evaluates no exponential. The loss reads a planar copy of the target.
+* Work split. Tiles go to threads in runs of ``TILES_PER_RUN`` (each run allocates its work
+  arrays once), so a single 224x224 image already gives 25 runs; :func:`project`,
+  :func:`adam_step` and :func:`reduce_tiles` split per splat, so batch 1 uses every core.
 
 Shapes (``B`` images, ``N`` splats, ``H x W`` pixels, ``T`` tiles, ``E`` list entries):
-``params [B, N, 8]`` float32, ``mask [B, N]`` bool, ``target``/``image [B, H, W, 3]``
-float32, all C-contiguous NumPy arrays (zero-copy views of CPU tensors).
+``params [B, N, 8]`` float32, ``mask [B, N]`` bool, ``image [B, H, W, 3]`` and the planar
+``target [B, 3, H, W]`` float32, all C-contiguous NumPy arrays (zero-copy views of CPU
+tensors, but the target planes, which the backend keeps for a fit).
 
 Compiled code is cached on disk (``cache=True``), keyed on this file: after editing
 :mod:`cuda_kernels.splat_math` alone, delete ``cuda_kernels/__pycache__`` (Numba does not

@@ -125,7 +125,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         "adam_step": lambda: backend.adam_step(params, *zeros, torch.zeros(8), 1, (0.9, 0.99)),
         "loss_and_grad (backend)": lambda: backend.loss_and_grad(params, mask, images),
     }
-    times = {}
+    times = {f"asm: {k}": v for k, v in instruction_counts(kernels.raster_tiles).items()}
     for name, call in stages.items():
         call()
         best = math.inf
@@ -135,6 +135,24 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             best = min(best, time.perf_counter() - start)
         times[name] = best * 1e3 / args.batch
     return times
+
+
+def instruction_counts(kernel) -> dict[str, int]:
+    """Packed (``ymm``/``zmm``) and scalar single-precision FMAs in ``kernel``'s compiled code
+    (all its stages, inlined or not): the evidence that the pixel loops are vectorised.
+    Empty when the code came from the on-disk cache (Numba cannot show that)."""
+    import re
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        asm = "".join(kernel.inspect_asm().values())
+    if len(asm) < 100:
+        return {}
+    return {
+        "packed FMA (ymm/zmm)": len(re.findall(r"vfn?m(?:add|sub)\w*ps\s[^\n]*%[yz]mm", asm)),
+        "scalar FMA": len(re.findall(r"vfn?m(?:add|sub)\w*ss\s", asm)),
+    }
 
 
 def variant_times(args: argparse.Namespace, name: str) -> dict[str, float]:
@@ -192,8 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
         result[name] = variant_times(args, name)
     full = result["full"]
     print(f"# ms per image, {args.threads} thread(s), batch {args.batch}, {args.gaussians} splats")
-    for name, ms in full.items():
-        print(f"{name:34s} {ms:8.4f}")
+    for name, value in full.items():
+        print(f"{name:34s} {value:8.4f}" if isinstance(value, float) else f"{name:34s} {value:8d}")
     print("# what switching one part off saves (ms per image, and share of the whole)")
     for stage in ("raster_tiles (render)", "loss_and_grad (backend)"):
         whole = full[stage]
