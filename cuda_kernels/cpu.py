@@ -8,23 +8,46 @@ and :func:`adam_step`. Two CPU-only stages replace what the GPU does with atomic
 each tile's partial gradient atomically). Both modules follow one numerical contract, written
 in :mod:`cuda_kernels.gpu` and compiled with the same fast-math flags (``splat_math.FASTMATH``).
 
-A loss-and-gradient evaluation is four calls: :func:`project` (per splat: inverse factors and
-the pixel box of its cut-off footprint), :func:`bin_tiles` (per image: CSR lists of the
-splats touching each tile; on a CPU the list lengths cost nothing to read, so the GPU's
-fixed-size bitmask is not needed), :func:`raster_tiles` (per (image, tile): forward image,
-squared error and, while the tile is in cache, the tile's partial gradient of every splat in
-its list, written to that list entry; each splat visits only its box's pixels), and
-:func:`reduce_tiles` (one thread per image sums its entries' partials, so no two threads add
-into the same splat).
+A loss-and-gradient evaluation is four calls: :func:`project` (per splat: inverse factors,
+in the scaled coordinates below, and the pixel box of its cut-off footprint),
+:func:`bin_tiles` (per image: CSR lists of the splats touching each tile; on a CPU the list
+lengths cost nothing to read, so the GPU's fixed-size bitmask is not needed),
+:func:`raster_tiles` (per (image, tile): forward, squared error and, while the tile is in
+cache, the tile's partial gradient of every splat in its list, written to that list entry),
+and :func:`reduce_tiles` (per (image, part of its splats): the entries' partials summed, so
+no two threads add into the same splat).
+
+How the tile stages use the cores (the GPU's design, translated; measured in BENCHMARKS.md):
+
+* SIMD over pixels. A tile's colours, then its residuals, are three planes of
+  ``tile * tile`` floats. Each splat visits the rows of its box within the tile, all columns,
+  as one flat loop over contiguous pixels with no branch but the cut-off's select: LLVM
+  vectorises it (8 floats a ``ymm`` register: ``tools/cpu_time_split.py`` counts the
+  packed ``vfmadd...ps`` in the compiled code). Pixel indices are unsigned, so no
+  negative-index wraparound is tested in the loop, and no pair costs an integer division.
+* A vectorisable exponential. Coordinates are scaled by ``EXP_SCALE`` so the quadratic form
+  is ``u = q log2(e) / 16`` and ``exp(-q/2) = (2 ** -u) ** 8``; inside the cut-off
+  ``u < 1``, so :func:`exp2_8` is a degree-5 polynomial and three squarings (range
+  reduction by argument scaling), no libm call; relative error < 3e-6.
+* Staging and fusion. The splats of a tile's list are copied into a small contiguous array
+  first; forward, loss and backward of a tile run back to back; the forward keeps each
+  pair's weight and whitened offset, so the backward (eight sums a splat, held in vector
+  registers) evaluates no exponential. The loss reads a planar copy of the target.
+* Work split. Tiles go to threads in runs of ``TILES_PER_RUN`` (each run allocates its work
+  arrays once), so a single 224x224 image already gives 25 runs; :func:`project`,
+  :func:`adam_step` and :func:`reduce_tiles` split per splat, so batch 1 uses every core.
 
 Shapes (``B`` images, ``N`` splats, ``H x W`` pixels, ``T`` tiles, ``E`` list entries):
-``params [B, N, 8]`` float32, ``mask [B, N]`` bool, ``target``/``image [B, H, W, 3]``
-float32, all C-contiguous NumPy arrays (zero-copy views of CPU tensors).
+``params [B, N, 8]`` float32, ``mask [B, N]`` bool, ``image [B, H, W, 3]`` and the planar
+``target [B, 3, H, W]`` float32, all C-contiguous NumPy arrays (zero-copy views of CPU
+tensors, but the target planes, which the backend keeps for a fit).
 
 Compiled code is cached on disk (``cache=True``), keyed on this file: after editing
 :mod:`cuda_kernels.splat_math` alone, delete ``cuda_kernels/__pycache__`` (Numba does not
 track the functions it inlines from other files).
 """
+
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -38,15 +61,34 @@ is_finite_splat = _device(splat_math.is_finite_splat)
 inverse_diagonal = _device(splat_math.inverse_diagonal)
 footprint_half_extents = _device(splat_math.footprint_half_extents)
 pixel_span = _device(splat_math.pixel_span)
-splat_weight = _device(splat_math.splat_weight)
-pixel_gradient_terms = _device(splat_math.pixel_gradient_terms)
 parameter_gradients = _device(splat_math.parameter_gradients)
 
 _kernel = njit(parallel=True, fastmath=FASTMATH, cache=True)
 
-# projected splat, per [b, i]: x, y, i11, l21, i22, r, g, b (float32) and its pixel box
-# c0, c1, r0, r1 (int32, inclusive; c0 > c1 when the splat touches no pixel)
+# projected splat, per [b, i]: x, y, i11 s, l21 / s, i22 s, r, g, b (float32, s = EXP_SCALE)
+# and its pixel box c0, c1, r0, r1 (int32, inclusive; c0 > c1 when the splat touches no pixel)
 PROJ_FIELDS = 8
+# raster_tiles hands the (image, tile) tasks to threads in runs of this many (each run allocates
+# its work arrays once)
+TILES_PER_RUN = 8
+ZERO = splat_math.ZERO
+HALF = splat_math.HALF
+
+# The weight exp(-q / 2) = 2 ** (-q log2(e) / 2) = (2 ** -u) ** 8 with u = q log2(e) / 16.
+# The kernels work in coordinates scaled by EXP_SCALE = sqrt(log2(e) / 16), where the
+# quadratic form is u directly; inside the cut-off u <= log2(255) / 8 < 1, so 2 ** -u needs
+# a polynomial on [-1, 0] only (see exp2_8).
+U_PER_Q = np.float32(0.5 / (8.0 * math.log(2.0)))
+EXP_SCALE = np.float32(math.sqrt(0.5 / (8.0 * math.log(2.0))))
+INV_SCALE = np.float32(1.0 / EXP_SCALE)
+INV_SCALE_SQ = np.float32(INV_SCALE * INV_SCALE)
+# 2 ** y on [-1, 0], degree 5, fitted for relative error (7.5e-8 in float64)
+EXP2_C0 = np.float32(0.9999999403953552)
+EXP2_C1 = np.float32(0.6931422352790833)
+EXP2_C2 = np.float32(0.24017219245433807)
+EXP2_C3 = np.float32(0.055279724299907684)
+EXP2_C4 = np.float32(0.00918861199170351)
+EXP2_C5 = np.float32(0.0009387882892042398)
 
 
 @_kernel
@@ -54,36 +96,37 @@ def project(params, mask, height, width, qcut, proj, box, bad):
     """Per splat: ``proj [B, N, 8]`` and ``box [B, N, 4]`` (outputs); ``bad [B]`` uint8 is set
     to 1 for images with a non-finite parameter in a valid splat."""
     n_img, n_spl = mask.shape
-    for b in prange(n_img):
-        for i in range(n_spl):
-            box[b, i, 0] = 1
-            box[b, i, 1] = 0
-            box[b, i, 2] = 1
-            box[b, i, 3] = 0
-            if not mask[b, i]:
-                continue
-            p = params[b, i]
-            if not is_finite_splat(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]):
-                bad[b] = 1
-                continue
-            i11, i22 = inverse_diagonal(p[2], p[4])
-            rx, ry = footprint_half_extents(p[2], p[3], p[4], qcut)
-            c0, c1 = pixel_span(p[0], rx, width)
-            r0, r1 = pixel_span(p[1], ry, height)
-            if c0 > c1 or r0 > r1:
-                continue
-            proj[b, i, 0] = p[0]
-            proj[b, i, 1] = p[1]
-            proj[b, i, 2] = i11
-            proj[b, i, 3] = p[3]
-            proj[b, i, 4] = i22
-            proj[b, i, 5] = p[5]
-            proj[b, i, 6] = p[6]
-            proj[b, i, 7] = p[7]
-            box[b, i, 0] = c0
-            box[b, i, 1] = c1
-            box[b, i, 2] = r0
-            box[b, i, 3] = r1
+    for idx in prange(n_img * n_spl):  # one splat a step: both cores work at batch 1 too
+        b = idx // n_spl
+        i = idx - b * n_spl
+        box[b, i, 0] = 1
+        box[b, i, 1] = 0
+        box[b, i, 2] = 1
+        box[b, i, 3] = 0
+        if not mask[b, i]:
+            continue
+        p = params[b, i]
+        if not is_finite_splat(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]):
+            bad[b] = 1
+            continue
+        i11, i22 = inverse_diagonal(p[2], p[4])
+        rx, ry = footprint_half_extents(p[2], p[3], p[4], qcut)
+        c0, c1 = pixel_span(p[0], rx, width)
+        r0, r1 = pixel_span(p[1], ry, height)
+        if c0 > c1 or r0 > r1:
+            continue
+        proj[b, i, 0] = p[0]
+        proj[b, i, 1] = p[1]
+        proj[b, i, 2] = i11 * EXP_SCALE
+        proj[b, i, 3] = p[3] * INV_SCALE
+        proj[b, i, 4] = i22 * EXP_SCALE
+        proj[b, i, 5] = p[5]
+        proj[b, i, 6] = p[6]
+        proj[b, i, 7] = p[7]
+        box[b, i, 0] = c0
+        box[b, i, 1] = c1
+        box[b, i, 2] = r0
+        box[b, i, 3] = r1
 
 
 @_kernel
@@ -117,6 +160,160 @@ def bin_tiles(box, tile, tiles_x, tiles_y):
     return offsets, order
 
 
+@_device
+def exp2_8(y):
+    """``2 ** (8 y)`` for ``y`` in ``[-1, 0]``: a degree-5 polynomial for ``2 ** y`` (Horner,
+    five FMAs) cubed by three squarings, so it vectorises (no libm call, no integer
+    bit tricks). Relative error below 3e-6 on the range (``tests/test_kernels_cpu.py``)."""
+    p = EXP2_C5 * y + EXP2_C4
+    p = p * y + EXP2_C3
+    p = p * y + EXP2_C2
+    p = p * y + EXP2_C1
+    p = p * y + EXP2_C0
+    p = p * p
+    p = p * p
+    return p * p
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def exp_neg_half(q):
+    """``exp(-q / 2)`` as the tile kernels evaluate it, for ``q`` in ``[0, 2 ln 255]`` (the
+    cut-off range; the kernels work in scaled units ``u = q * U_PER_Q`` directly)."""
+    return exp2_8(-(q * U_PER_Q))
+
+
+_stage = njit(fastmath=FASTMATH, cache=True)
+
+
+@_stage
+def forward_pass(staged, span, pxs, pys, nucut, acc_r, acc_g, acc_b, keep_w, keep_z1, keep_z2):
+    """Adds every staged splat's colour into the tile's planes ``acc_* [tile * tile]``; with
+    non-empty ``keep_*`` also keeps each pair's weight and whitened offset for the backward.
+
+    One flat loop a splat over the pixels ``span[j, 0] : span[j, 1]`` (the rows of its box
+    within the tile, all columns): no branch but the cut-off's select, so LLVM vectorises it.
+    Indices are unsigned, so no negative-index wraparound is tested in the loop.
+    """
+    keep = keep_w.shape[0] > 0
+    for j in range(staged.shape[0]):
+        mx, my, i11, l21, i22 = (
+            staged[j, 0],
+            staged[j, 1],
+            staged[j, 2],
+            staged[j, 3],
+            staged[j, 4],
+        )
+        cr, cg, cb = staged[j, 5], staged[j, 6], staged[j, 7]
+        lo = np.uint64(span[j, 0])
+        hi = np.uint64(span[j, 1])
+        if keep:
+            shift = np.uint64(span[j, 2] - span[j, 0])
+            for p in range(lo, hi):
+                z1 = (pxs[p] - mx) * i11
+                z2 = ((pys[p] - my) - l21 * z1) * i22
+                nu = -(z1 * z1) - z2 * z2
+                w = exp2_8(nu) if nu >= nucut else ZERO
+                acc_r[p] += w * cr
+                acc_g[p] += w * cg
+                acc_b[p] += w * cb
+                keep_w[p + shift] = w
+                keep_z1[p + shift] = z1
+                keep_z2[p + shift] = z2
+        else:
+            for p in range(lo, hi):
+                z1 = (pxs[p] - mx) * i11
+                z2 = ((pys[p] - my) - l21 * z1) * i22
+                nu = -(z1 * z1) - z2 * z2
+                w = exp2_8(nu) if nu >= nucut else ZERO
+                acc_r[p] += w * cr
+                acc_g[p] += w * cg
+                acc_b[p] += w * cb
+
+
+@_stage
+def write_tile(acc_r, acc_g, acc_b, image, b, x0, y0, rows, cols, tile):
+    """Writes the tile's colour planes into ``image [B, H, W, 3]``."""
+    for ly in range(rows):
+        out = image[b, y0 + ly, x0 : x0 + cols]
+        for lx in range(cols):
+            p = ly * tile + lx
+            out[lx, 0] = acc_r[p]
+            out[lx, 1] = acc_g[p]
+            out[lx, 2] = acc_b[p]
+
+
+@_stage
+def loss_pass(acc_r, acc_g, acc_b, target, b, x0, y0, rows, cols, tile, grad_scale):
+    """Turns the tile's colour planes into dLoss/dPixel (zero outside the image) against the
+    planar ``target [B, 3, H, W]`` and returns the tile's squared error. Planes against
+    planes: every row is three unit-stride loops LLVM vectorises."""
+    sse = ZERO
+    for ly in range(rows):
+        lo = ly * tile
+        for plane, acc in ((0, acc_r), (1, acc_g), (2, acc_b)):
+            ref = target[b, plane, y0 + ly, x0 : x0 + cols]
+            row = acc[lo : lo + cols]
+            for lx in range(cols):
+                d = row[lx] - ref[lx]
+                sse += d * d
+                row[lx] = grad_scale * d
+            acc[lo + cols : lo + tile] = ZERO
+    acc_r[rows * tile :] = ZERO
+    acc_g[rows * tile :] = ZERO
+    acc_b[rows * tile :] = ZERO
+    return sse
+
+
+@_stage
+def backward_pass(staged, span, acc_r, acc_g, acc_b, keep_w, keep_z1, keep_z2, partial):
+    """``partial [count, 8]``: each staged splat's gradient over the tile's pixels, from the
+    residual planes ``acc_*`` and the pairs the forward kept. One flat loop a splat; its
+    eight sums stay in vector registers."""
+    for j in range(staged.shape[0]):
+        i11, l21, i22 = staged[j, 2], staged[j, 3], staged[j, 4]
+        cr, cg, cb = staged[j, 5], staged[j, 6], staged[j, 7]
+        lo = np.uint64(span[j, 0])
+        hi = np.uint64(span[j, 1])
+        shift = np.uint64(span[j, 2] - span[j, 0])
+        s1 = s2 = s11 = s12 = s22 = gr = gg = gb = ZERO
+        for p in range(lo, hi):
+            w = keep_w[p + shift]
+            # pairs beyond the cut-off add nothing (their z may be inf: 0 * inf is NaN)
+            if w != ZERO:
+                z1, z2 = keep_z1[p + shift], keep_z2[p + shift]
+                rr, rg, rb = acc_r[p], acc_g[p], acc_b[p]
+                kk = w * (rr * cr + rg * cg + rb * cb)
+                kz1 = kk * z1
+                kz2 = kk * z2
+                s1 += kz1
+                s2 += kz2
+                s11 += kz1 * z1
+                s12 += kz1 * z2
+                s22 += kz2 * z2
+                gr += w * rr
+                gg += w * rg
+                gb += w * rb
+        # back to model units: z = z' / s and k = -kk (splat_math.pixel_gradient_terms)
+        gx, gy, g11, g21, g22 = parameter_gradients(
+            -INV_SCALE * s1,
+            -INV_SCALE * s2,
+            -INV_SCALE_SQ * s11,
+            -INV_SCALE_SQ * s12,
+            -INV_SCALE_SQ * s22,
+            i11 * INV_SCALE,
+            l21 * EXP_SCALE,
+            i22 * INV_SCALE,
+        )
+        partial[j, 0] = gx
+        partial[j, 1] = gy
+        partial[j, 2] = g11
+        partial[j, 3] = g21
+        partial[j, 4] = g22
+        partial[j, 5] = gr
+        partial[j, 6] = gg
+        partial[j, 7] = gb
+
+
 @_kernel
 def raster_tiles(
     proj,
@@ -133,125 +330,155 @@ def raster_tiles(
     tile_sse,
     partial,
 ):
-    """Forward (and backward) of every (image, tile).
+    """Forward, loss and backward of every (image, tile), fused.
 
-    Writes ``image [B, H, W, 3]``; with ``target`` (``[B, H, W, 3]``, or an empty array for
-    a forward pass only) also ``tile_sse [B * T]`` (sum of squared errors) and
-    ``partial [E, 8]``: the gradient of ``grad_scale * SSE / 2`` with respect to the
-    parameters of splat ``order[e]``, restricted to the pixels of entry ``e``'s tile.
-    Each pixel only visits the splats listed for its tile, and each splat only the pixels of
-    its footprint box.
+    With an empty ``target`` (a forward pass only) writes ``image [B, H, W, 3]``. With a
+    planar ``target [B, 3, H, W]`` (``image`` is then not written and may be empty) writes
+    ``tile_sse [B * T]`` (sums of squared errors) and ``partial [E, 8]``: the gradient of
+    ``grad_scale * SSE / 2`` with respect to the parameters of splat ``order[e]``,
+    restricted to the pixels of entry ``e``'s tile.
+
+    Per tile, the listed splats' parameters and pixel ranges are staged into small
+    contiguous arrays; the tile's colours, then residuals, live in three planes of
+    ``tile * tile`` pixels; the forward keeps each pair's weight and whitened offset, so the
+    backward evaluates no exponential (:func:`forward_pass`, :func:`loss_pass` or
+    :func:`write_tile`, :func:`backward_pass`).
     """
-    n_img, height, width, _ = image.shape
-    n_tiles = tiles_x * tiles_y
     with_loss = target.shape[0] > 0
-    half = splat_math.HALF
-    for task in prange(n_img * n_tiles):
-        b = task // n_tiles
-        t = task % n_tiles
-        x0 = (t % tiles_x) * tile
-        y0 = (t // tiles_x) * tile
-        x1 = min(x0 + tile, width) - 1
-        y1 = min(y0 + tile, height) - 1
-        acc = np.zeros((tile, tile, 3), dtype=np.float32)
-        start, stop = offsets[task], offsets[task + 1]
-        for e in range(start, stop):
-            i = order[e]
-            mx, my, i11, l21, i22 = (
-                proj[b, i, 0],
-                proj[b, i, 1],
-                proj[b, i, 2],
-                proj[b, i, 3],
-                proj[b, i, 4],
+    if with_loss:
+        n_img, _, height, width = target.shape
+    else:
+        n_img, height, width, _ = image.shape
+    n_tiles = tiles_x * tiles_y
+    n_tasks = n_img * n_tiles
+    n_pix = tile * tile
+    nucut = -(qcut * U_PER_Q)
+    most = 0  # the longest tile list: the size of each thread's work arrays
+    for task in range(n_tasks):
+        most = max(most, offsets[task + 1] - offsets[task])
+    n_runs = (n_tasks + TILES_PER_RUN - 1) // TILES_PER_RUN
+    for run in prange(n_runs):
+        pxs = np.empty(n_pix, np.float32)
+        pys = np.empty(n_pix, np.float32)
+        staged_all = np.empty((most, PROJ_FIELDS), np.float32)
+        span_all = np.empty((most, 3), np.int64)
+        kept = most * n_pix if with_loss else 0
+        keep_w = np.empty(kept, np.float32)
+        keep_z1 = np.empty(kept, np.float32)
+        keep_z2 = np.empty(kept, np.float32)
+        acc_r = np.empty(n_pix, np.float32)
+        acc_g = np.empty(n_pix, np.float32)
+        acc_b = np.empty(n_pix, np.float32)
+        for task in range(run * TILES_PER_RUN, min((run + 1) * TILES_PER_RUN, n_tasks)):
+            b = task // n_tiles
+            t = task - b * n_tiles
+            ty = t // tiles_x
+            x0 = (t - ty * tiles_x) * tile
+            y0 = ty * tile
+            rows = min(tile, height - y0)
+            start = offsets[task]
+            count = offsets[task + 1] - start
+            # pixel centres of the whole tile, row-major (columns beyond the image included:
+            # their colours are never written and their residuals are zero)
+            for ly in range(tile):
+                for lx in range(tile):
+                    pxs[ly * tile + lx] = np.float32(x0 + lx) + HALF
+                    pys[ly * tile + lx] = np.float32(y0 + ly) + HALF
+            staged = staged_all[:count]
+            # per entry: its first and one-past-last pixel (the rows of its box within the
+            # tile, all columns) and where its pairs start in the keep_* arrays
+            span = span_all[:count]
+            lanes = 0
+            for j in range(count):
+                i = order[start + j]
+                for k in range(PROJ_FIELDS):
+                    staged[j, k] = proj[b, i, k]
+                span[j, 0] = (max(box[b, i, 2], y0) - y0) * tile
+                span[j, 1] = (min(box[b, i, 3], y0 + rows - 1) - y0 + 1) * tile
+                span[j, 2] = lanes
+                lanes += span[j, 1] - span[j, 0]
+            acc_r[:] = ZERO
+            acc_g[:] = ZERO
+            acc_b[:] = ZERO
+            forward_pass(
+                staged, span, pxs, pys, nucut, acc_r, acc_g, acc_b, keep_w, keep_z1, keep_z2
             )
-            cr, cg, cb = proj[b, i, 5], proj[b, i, 6], proj[b, i, 7]
-            c0 = max(box[b, i, 0], x0)
-            c1 = min(box[b, i, 1], x1)
-            for row in range(max(box[b, i, 2], y0), min(box[b, i, 3], y1) + 1):
-                dy = np.float32(row) + half - my
-                ly = row - y0
-                for col in range(c0, c1 + 1):
-                    w, _, _ = splat_weight(np.float32(col) + half - mx, dy, i11, l21, i22, qcut)
-                    lx = col - x0
-                    acc[ly, lx, 0] += w * cr
-                    acc[ly, lx, 1] += w * cg
-                    acc[ly, lx, 2] += w * cb
-        for row in range(y0, y1 + 1):
-            for col in range(x0, x1 + 1):
-                for c in range(3):
-                    image[b, row, col, c] = acc[row - y0, col - x0, c]
-        if not with_loss:
-            continue
-        # acc becomes dLoss/dPixel; the squared error is summed on the way
-        sse = np.float32(0.0)
-        for row in range(y0, y1 + 1):
-            for col in range(x0, x1 + 1):
-                for c in range(3):
-                    diff = acc[row - y0, col - x0, c] - target[b, row, col, c]
-                    sse += diff * diff
-                    acc[row - y0, col - x0, c] = grad_scale * diff
-        tile_sse[task] = sse
-        for e in range(start, stop):
-            i = order[e]
-            mx, my, i11, l21, i22 = (
-                proj[b, i, 0],
-                proj[b, i, 1],
-                proj[b, i, 2],
-                proj[b, i, 3],
-                proj[b, i, 4],
+            cols = min(tile, width - x0)
+            if not with_loss:
+                write_tile(acc_r, acc_g, acc_b, image, b, x0, y0, rows, cols, tile)
+                continue
+            tile_sse[task] = loss_pass(
+                acc_r, acc_g, acc_b, target, b, x0, y0, rows, cols, tile, grad_scale
             )
-            cr, cg, cb = proj[b, i, 5], proj[b, i, 6], proj[b, i, 7]
-            s1 = s2 = s11 = s12 = s22 = gr = gg = gb = np.float32(0.0)
-            c0 = max(box[b, i, 0], x0)
-            c1 = min(box[b, i, 1], x1)
-            for row in range(max(box[b, i, 2], y0), min(box[b, i, 3], y1) + 1):
-                dy = np.float32(row) + half - my
-                ly = row - y0
-                for col in range(c0, c1 + 1):
-                    w, z1, z2 = splat_weight(np.float32(col) + half - mx, dy, i11, l21, i22, qcut)
-                    if w == 0.0:
-                        continue
-                    lx = col - x0
-                    t1, t2, t11, t12, t22, tr, tg, tb = pixel_gradient_terms(
-                        w, z1, z2, acc[ly, lx, 0], acc[ly, lx, 1], acc[ly, lx, 2], cr, cg, cb
-                    )
-                    s1 += t1
-                    s2 += t2
-                    s11 += t11
-                    s12 += t12
-                    s22 += t22
-                    gr += tr
-                    gg += tg
-                    gb += tb
-            gx, gy, g11, g21, g22 = parameter_gradients(s1, s2, s11, s12, s22, i11, l21, i22)
-            partial[e, 0] = gx
-            partial[e, 1] = gy
-            partial[e, 2] = g11
-            partial[e, 3] = g21
-            partial[e, 4] = g22
-            partial[e, 5] = gr
-            partial[e, 6] = gg
-            partial[e, 7] = gb
+            backward_pass(
+                staged,
+                span,
+                acc_r,
+                acc_g,
+                acc_b,
+                keep_w,
+                keep_z1,
+                keep_z2,
+                partial[start : start + count],
+            )
 
 
 @_kernel
-def reduce_tiles(offsets, order, partial, tile_sse, n_tiles, loss_scale, bad, loss, grad):
-    """Per image: ``loss [B] = loss_scale * sum of its tiles' SSE`` and ``grad [B, N, 8]`` (zeroed
-    by the caller) += the partials of its entries; NaN for images flagged in ``bad``."""
-    n_img = loss.shape[0]
+def cutoff_pairs(proj, box, qcut, counts):
+    """``counts [B]`` int64 (output): the (pixel, splat) pairs of each image inside the cut-off,
+    as :func:`raster_tiles` evaluates ``q``; the work unit of the FLOP rates the benchmark
+    reports."""
+    n_img, n_spl = box.shape[0], box.shape[1]
+    nucut = -(qcut * U_PER_Q)
     for b in prange(n_img):
+        total = 0
+        for i in range(n_spl):
+            mx, my, i11, l21, i22 = (
+                proj[b, i, 0],
+                proj[b, i, 1],
+                proj[b, i, 2],
+                proj[b, i, 3],
+                proj[b, i, 4],
+            )
+            for row in range(box[b, i, 2], box[b, i, 3] + 1):
+                dy = np.float32(row) + HALF - my
+                for col in range(box[b, i, 0], box[b, i, 1] + 1):
+                    z1 = (np.float32(col) + HALF - mx) * i11
+                    z2 = (dy - l21 * z1) * i22
+                    if -(z1 * z1) - z2 * z2 >= nucut:
+                        total += 1
+        counts[b] = total
+
+
+@_kernel
+def reduce_tiles(offsets, order, partial, tile_sse, n_tiles, parts, loss_scale, bad, loss, grad):
+    """Per image: ``loss [B] = loss_scale * sum of its tiles' SSE`` and ``grad [B, N, 8]`` (zeroed
+    by the caller) += the partials of its entries; NaN for images flagged in ``bad``.
+
+    One step per (image, part of its splats): each step reads all the image's entries (in
+    order, so the reads stream) and adds those of its own splats, so no two steps write the
+    same splat. ``parts > 1`` keeps every core busy when there are fewer images than cores.
+    """
+    n_img, n_spl = grad.shape[0], grad.shape[1]
+    for idx in prange(n_img * parts):
+        b = idx // parts
+        part = idx - b * parts
+        lo = part * n_spl // parts
+        hi = (part + 1) * n_spl // parts
         if bad[b]:
             loss[b] = np.nan
-            grad[b, :, :] = np.nan
+            grad[b, lo:hi, :] = np.nan
             continue
-        total = np.float32(0.0)
-        for t in range(b * n_tiles, (b + 1) * n_tiles):
-            total += tile_sse[t]
-        loss[b] = loss_scale * total
+        if part == 0:
+            total = np.float32(0.0)
+            for t in range(b * n_tiles, (b + 1) * n_tiles):
+                total += tile_sse[t]
+            loss[b] = loss_scale * total
         for e in range(offsets[b * n_tiles], offsets[(b + 1) * n_tiles]):
-            g = grad[b, order[e]]
-            for k in range(8):
-                g[k] += partial[e, k]
+            i = order[e]
+            if lo <= i < hi:
+                for k in range(8):
+                    grad[b, i, k] += partial[e, k]
 
 
 @_kernel
@@ -260,13 +487,14 @@ def adam_step(params, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, bias1, bias2,
     parameter column); the scalars are float32 and ``beta1``/``beta2`` are ``(beta, 1 - beta)``
     pairs, so this evaluates the same float32 expressions as ``FitBackend.adam_step``."""
     n_img, n_spl, n_par = params.shape
-    for b in prange(n_img):
-        for i in range(n_spl):
-            for k in range(n_par):
-                g = grad[b, i, k]
-                m = exp_avg[b, i, k] * beta1[0] + g * beta1[1]
-                v = exp_avg_sq[b, i, k] * beta2[0] + beta2[1] * g * g
-                exp_avg[b, i, k] = m
-                exp_avg_sq[b, i, k] = v
-                denom = np.sqrt(v / bias2) + eps
-                params[b, i, k] -= m * (lr[k] / bias1) / denom
+    for idx in prange(n_img * n_spl):  # one splat a step: both cores work at batch 1 too
+        b = idx // n_spl
+        i = idx - b * n_spl
+        for k in range(n_par):
+            g = grad[b, i, k]
+            m = exp_avg[b, i, k] * beta1[0] + g * beta1[1]
+            v = exp_avg_sq[b, i, k] * beta2[0] + beta2[1] * g * g
+            exp_avg[b, i, k] = m
+            exp_avg_sq[b, i, k] = v
+            denom = np.sqrt(v / bias2) + eps
+            params[b, i, k] -= m * (lr[k] / bias1) / denom

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "benchmark_fit.py"
 FIELDS = (
     "backend", "batch", "gaussians", "iters", "images_per_s", "ms_per_iter_image", "psnr",
@@ -37,9 +39,14 @@ def test_cpu_benchmark_writes_rows_and_plot(tmp_path, capsys):
         assert all(row[k] is not None for k in FIELDS)
         assert row["images_per_s"] > 0 and row["speedup_vs_single"] > 0
         assert row["speedup_vs_torch"] > 0 and abs(row["psnr_delta_vs_torch"]) < 0.1
-        assert row["tflops"] is None  # FLOP/s only on a GPU
+        # cpu rows: the cut-off pairs of the initial layout at 50 FLOP each, against the
+        # float32 matmul rate measured in the same run
+        assert row["cutoff_pairs_per_image"] > 0 and row["matmul_gflops"] > 0
+        assert row["flops_per_iter"] == round(row["cutoff_pairs_per_image"] * 50 * row["batch"])
+        assert row["peak_fraction"] == pytest.approx(row["gflops"] / row["matmul_gflops"])
     assert (tmp_path / "b.png").stat().st_size > 0
-    assert "x torch" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "x torch" in printed and "peak_fraction" in printed
 
 
 def test_bad_arguments_are_clear_errors(capsys):

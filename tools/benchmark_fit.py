@@ -22,6 +22,11 @@ splats). How each figure is measured:
 * GPU only: ``tflops`` achieved, from the FLOPs per iteration counted in
   :mod:`cuda_kernels.gpu` (tile lists of the initial splats), and its fraction of
   ``--peak-tflops`` (the card's FP32 peak, non-tensor-core).
+* CPU only: ``cutoff_pairs_per_image``, the (pixel, splat) pairs inside the 1/255 cut-off of
+  the initial splats (mean over the batch; the work that does not depend on tiling),
+  ``gflops`` achieved at ``FLOPS_PER_PAIR`` (50: forward and backward) per pair and
+  iteration, ``matmul_gflops`` (the best float32 ``torch.mm`` rate of the same cores,
+  measured before and after the grid in the same run) and ``peak_fraction`` = their ratio.
 
 Images are real photos from ``--shards`` (cycled to fill large batches) or, without shards,
 smooth synthetic images.
@@ -60,6 +65,9 @@ GRIDS = {  # device -> (batches, gaussians)
     "cuda": ("1,16,64,256,1024,4096", "400,1024,2025,3136"),
     "cpu": ("1,8", "400"),
 }
+# CPU work unit: FLOPs per cut-off (pixel, splat) pair of one iteration, forward and backward
+FLOPS_PER_PAIR = 50
+MATMUL_SIZE = 1024  # float32 matmul of this size measures what the CPU cores sustain
 # FP32 (non-tensor-core) peaks, TFLOP/s, by device-name fragment
 PEAK_TFLOPS = {"H100 PCIe": 51.2, "H100": 66.9, "H200": 66.9, "A100": 19.5}
 
@@ -217,6 +225,32 @@ def flop_count(backend: FitBackend, images: torch.Tensor, cfg: FitConfig) -> int
     )
 
 
+def cutoff_pairs(backend: FitBackend, images: torch.Tensor, cfg: FitConfig) -> float | None:
+    """Mean (pixel, splat) pairs inside the cut-off per image of the initial splats."""
+    if not hasattr(backend, "cutoff_pairs"):
+        return None
+    from streamfit.fit.fitter import initial_params
+
+    params = initial_params(images.to(backend.device), cfg)
+    mask = torch.ones(params.shape[:2], dtype=torch.bool, device=backend.device)
+    _, height, width, _ = images.shape
+    return float(backend.cutoff_pairs(params, mask, height, width).double().mean())
+
+
+def matmul_gflops(size: int = MATMUL_SIZE, repeats: int = 10) -> float:
+    """GFLOP/s of a float32 ``size x size`` matmul on the CPU, the fastest of ``repeats``
+    (with torch's threads: all the cores the fit uses)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    torch.mm(a, b, out=out)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
 # ---------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
@@ -228,6 +262,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     machine = describe_machine(device)
     print(f"# {machine}; {args.size}x{args.size}; {origin}; iters {args.iters}", file=sys.stderr)
+    matmul = matmul_gflops() if device.type == "cpu" else None
 
     rows: list[dict] = []
     grid = [(name, n, b) for name in args.backends for n in args.gaussians for b in args.batches]
@@ -276,6 +311,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "flops_per_iter": None,
             "tflops": None,
             "peak_fraction": None,
+            "cutoff_pairs_per_image": None,
+            "gflops": None,
+            "matmul_gflops": None,
         }
         if device.type == "cuda":
             flops = flop_count(backend, images[:batch], cfg)
@@ -284,8 +322,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row["tflops"] = flops * args.iters / seconds / 1e12
                 peak = args.peak_tflops or peak_tflops(device)
                 row["peak_fraction"] = row["tflops"] / peak if peak else None
+        else:
+            pairs = cutoff_pairs(backend, images[:batch], cfg)
+            if pairs is not None:
+                row["cutoff_pairs_per_image"] = pairs
+                row["flops_per_iter"] = round(pairs * FLOPS_PER_PAIR * batch)
+                row["gflops"] = row["flops_per_iter"] * args.iters / seconds / 1e9
+                row["tflops"] = row["gflops"] / 1e3
         rows.append(row)
 
+    if matmul is not None:  # the best of before and after: load only ever slows it down
+        matmul = max(matmul, matmul_gflops())
+        for row in rows:
+            if row["gflops"] is not None:
+                row["matmul_gflops"] = matmul
+                row["peak_fraction"] = row["gflops"] / matmul
     print_table(rows)
     if args.json:
         write_json(args.json, rows)
@@ -335,6 +386,14 @@ def print_table(rows: list[dict]) -> None:
             f"{_fmt(r['psnr_delta_vs_torch'], '+6.2f')} {_fmt(r['tflops'], '8.2f')} "
             f"{_fmt(r['peak_fraction'], '7.1%')}"
         )
+    for r in rows:
+        if r["matmul_gflops"] is not None:
+            print(
+                f"# {r['backend']} batch {r['batch']}: {r['cutoff_pairs_per_image']:,.0f} cut-off "
+                f"pairs/image x {FLOPS_PER_PAIR} FLOP = {r['gflops']:.1f} GFLOP/s; float32 matmul "
+                f"{r['matmul_gflops']:.1f} GFLOP/s in this run; peak_fraction "
+                f"{r['peak_fraction']:.1%}"
+            )
 
 
 def plot(rows: list[dict], path: Path) -> None:

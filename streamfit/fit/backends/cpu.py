@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 
+import numba
 import numpy as np
 import torch
 
@@ -24,6 +26,12 @@ from streamfit.fit.backends.base import FitBackend, check_target
 from streamfit.render import Q_CUTOFF
 
 DEFAULT_TILE = 16
+
+
+def reduce_parts(n_img: int) -> int:
+    """How many parts ``reduce_tiles`` splits each image's splats into: enough for every Numba
+    thread to have work when there are fewer images than threads."""
+    return max(1, numba.get_num_threads() // max(n_img, 1))
 
 
 def _view(tensor: torch.Tensor, dtype: torch.dtype = torch.float32) -> np.ndarray:
@@ -46,6 +54,24 @@ class CpuBackend(FitBackend):
             raise ValueError(f"tile must be >= 1, got {tile}")
         self.tile = tile
         self.qcut = np.float32(Q_CUTOFF)
+        self._target_planes: tuple[weakref.ref, int, np.ndarray] | None = None
+
+    def _project(
+        self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+        """Projected splats ``[B, N, 8]``, their pixel boxes ``[B, N, 4]``, the ``bad`` flags
+        ``[B]`` and the tile grid ``(tiles_x, tiles_y)``."""
+        p = _view(params)
+        m = _view(mask, torch.bool)
+        n_img, n_spl = m.shape
+        if p.shape != (n_img, n_spl, 8):
+            raise ValueError(f"params {p.shape} and mask {m.shape} disagree")
+        proj = np.empty((n_img, n_spl, kernels.PROJ_FIELDS), np.float32)
+        box = np.empty((n_img, n_spl, 4), np.int32)
+        bad = np.zeros(n_img, np.uint8)
+        kernels.project(p, m, height, width, self.qcut, proj, box, bad)
+        grid = (math.ceil(width / self.tile), math.ceil(height / self.tile))
+        return proj, box, bad, grid
 
     def _raster(
         self,
@@ -54,23 +80,14 @@ class CpuBackend(FitBackend):
         target: torch.Tensor | None,
         height: int,
         width: int,
-    ) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
-        p = _view(params)
-        m = _view(mask, torch.bool)
-        n_img, n_spl = m.shape
-        if p.shape != (n_img, n_spl, 8):
-            raise ValueError(f"params {p.shape} and mask {m.shape} disagree")
-        tiles_x = math.ceil(width / self.tile)
-        tiles_y = math.ceil(height / self.tile)
-        proj = np.empty((n_img, n_spl, kernels.PROJ_FIELDS), np.float32)
-        box = np.empty((n_img, n_spl, 4), np.int32)
-        bad = np.zeros(n_img, np.uint8)
-        kernels.project(p, m, height, width, self.qcut, proj, box, bad)
+    ) -> tuple[np.ndarray | None, torch.Tensor | None, torch.Tensor | None]:
+        proj, box, bad, (tiles_x, tiles_y) = self._project(params, mask, height, width)
+        n_img, n_spl = box.shape[:2]
         offsets, order = kernels.bin_tiles(box, self.tile, tiles_x, tiles_y)
-        image = np.empty((n_img, height, width, 3), np.float32)
         count = height * width * 3
+        empty = np.empty((0, 0, 0, 3), np.float32)
         if target is None:
-            empty = np.empty((0, 0, 0, 3), np.float32)
+            image = np.empty((n_img, height, width, 3), np.float32)
             kernels.raster_tiles(
                 proj,
                 box,
@@ -95,13 +112,13 @@ class CpuBackend(FitBackend):
             box,
             offsets,
             order,
-            _view(target),
+            self._planes(target),
             self.tile,
             tiles_x,
             tiles_y,
             self.qcut,
             np.float32(2.0 / count),
-            image,
+            empty,
             tile_sse,
             partial,
         )
@@ -113,12 +130,38 @@ class CpuBackend(FitBackend):
             partial,
             tile_sse,
             tiles_x * tiles_y,
+            reduce_parts(n_img),
             np.float32(1.0 / count),
             bad,
             loss.numpy(),
             grad.numpy(),
         )
-        return image, loss, grad
+        return None, loss, grad
+
+    def _planes(self, target: torch.Tensor) -> np.ndarray:
+        """``target`` as ``[B, 3, H, W]`` colour planes, which the loss reads with unit stride.
+
+        A fit passes one unchanged target every iteration, so the planes of the last target
+        are kept while the same tensor object comes back unmodified (its version counter);
+        the cache is one tuple, read once, so concurrent fits on one backend stay correct.
+        """
+        cached = self._target_planes
+        if cached is not None and cached[0]() is target and cached[1] == target._version:
+            return cached[2]
+        planes = np.ascontiguousarray(_view(target).transpose(0, 3, 1, 2))
+        self._target_planes = (weakref.ref(target), target._version, planes)
+        return planes
+
+    @torch.no_grad()
+    def cutoff_pairs(
+        self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        """``[B]`` int64: the (pixel, splat) pairs inside the cut-off of each image, the work
+        that does not depend on the tile size (for FLOP rates; 0 for a non-finite image)."""
+        proj, box, _, _ = self._project(params, mask, height, width)
+        counts = np.zeros(box.shape[0], np.int64)
+        kernels.cutoff_pairs(proj, box, self.qcut, counts)
+        return torch.from_numpy(counts)
 
     @torch.no_grad()
     def render(

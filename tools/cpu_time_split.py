@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""Where the time of the ``cpu`` backend goes: one loss-and-gradient evaluation split into
+its stages, on the benchmark's layout (structured splats on real photos, 224x224).
+
+    python tools/cpu_time_split.py                # batch 8, 400 splats, one thread
+    python tools/cpu_time_split.py --threads 2 --json runs/cpu_split.json
+
+Two kinds of figures, all ms per image, the fastest of ``--repeats`` calls (load from other
+jobs only ever adds time; one thread by default, so they are per-core costs):
+
+* the kernels of :mod:`cuda_kernels.cpu` called one by one (``project``, ``bin_tiles``,
+  ``raster_tiles`` without and with a target, ``reduce_tiles``, ``adam_step``) and the
+  backend's whole ``loss_and_grad``;
+* inside ``raster_tiles``, what removing one part saves: each variant is a copy of
+  ``cuda_kernels/cpu.py`` with one stage switched off (``no_backward``: the backward pass;
+  ``no_forward``: forward and backward; ``no_exp``: the exponential replaced by ``1 + y``),
+  timed in a fresh process with its own compile cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SHARD = ROOT.parent / "shared/data/imagenet-sample/train-000000.tar"
+KERNELS = "cuda_kernels/cpu.py"
+# variant -> (text in KERNELS, its replacement); each must match exactly once
+VARIANTS = {
+    "no_backward": [
+        ("            backward_pass(\n", "            if False:\n                backward_pass(\n")
+    ],
+    "no_forward": [
+        ("            backward_pass(\n", "            if False:\n                backward_pass(\n"),
+        ("            forward_pass(\n", "            if False:\n                forward_pass(\n"),
+    ],
+    "no_exp": [
+        (
+            "    p = EXP2_C5 * y + EXP2_C4\n",
+            "    return y + np.float32(1.0)\n    p = EXP2_C5 * y + EXP2_C4\n",
+        )
+    ],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--gaussians", type=int, default=400)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=1, help="Numba threads")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--shard", type=Path, default=DEFAULT_SHARD, help="photos (.tar)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if min(args.batch, args.gaussians, args.size, args.threads, args.repeats) < 1:
+        parser.error("--batch, --gaussians, --size, --threads and --repeats must be >= 1")
+    return args
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    """Stage times of the kernels importable from the working directory (ms per image)."""
+    import math
+    import time
+
+    import numpy as np
+    import torch
+
+    from cuda_kernels import cpu as kernels
+    from streamfit.fit import FitConfig
+    from streamfit.fit.backends.cpu import CpuBackend, reduce_parts, warm_up
+    from streamfit.fit.fitter import initial_params
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from benchmark_fit import load_images
+
+    warm_up()
+    images, _ = load_images(args.batch, args.size, [args.shard] if args.shard.is_file() else None)
+    params = initial_params(images, FitConfig(gaussians=args.gaussians)).contiguous()
+    mask = torch.ones(params.shape[:2], dtype=torch.bool)
+    backend = CpuBackend()
+    proj, box, bad, (tiles_x, tiles_y) = backend._project(params, mask, args.size, args.size)
+    offsets, order = kernels.bin_tiles(box, backend.tile, tiles_x, tiles_y)
+    planes = backend._planes(images)
+    image = np.empty((args.batch, args.size, args.size, 3), np.float32)
+    empty = np.empty((0, 0, 0, 3), np.float32)
+    tile_sse = np.empty(args.batch * tiles_x * tiles_y, np.float32)
+    partial = np.empty((order.shape[0], 8), np.float32)
+    loss = np.empty(args.batch, np.float32)
+    grad = np.zeros((args.batch, args.gaussians, 8), np.float32)
+    zeros = [torch.zeros_like(params) for _ in range(3)]
+
+    def raster(target, out, sse, part):
+        kernels.raster_tiles(
+            proj, box, offsets, order, target, backend.tile, tiles_x, tiles_y,
+            backend.qcut, np.float32(1e-5), out, sse, part,
+        )  # fmt: skip
+
+    stages = {
+        "project": lambda: backend._project(params, mask, args.size, args.size),
+        "bin_tiles": lambda: kernels.bin_tiles(box, backend.tile, tiles_x, tiles_y),
+        "raster_tiles (render)": lambda: raster(empty, image, tile_sse[:0], partial[:0]),
+        "raster_tiles (loss and gradient)": lambda: raster(planes, empty, tile_sse, partial),
+        "reduce_tiles": lambda: kernels.reduce_tiles(
+            offsets,
+            order,
+            partial,
+            tile_sse,
+            tiles_x * tiles_y,
+            reduce_parts(args.batch),
+            np.float32(1e-5),
+            bad,
+            loss,
+            grad,
+        ),  # fmt: skip
+        "adam_step": lambda: backend.adam_step(params, *zeros, torch.zeros(8), 1, (0.9, 0.99)),
+        "loss_and_grad (backend)": lambda: backend.loss_and_grad(params, mask, images),
+    }
+    times = {f"asm: {k}": v for k, v in instruction_counts(kernels.raster_tiles).items()}
+    for name, call in stages.items():
+        call()
+        best = math.inf
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            call()
+            best = min(best, time.perf_counter() - start)
+        times[name] = best * 1e3 / args.batch
+    return times
+
+
+def instruction_counts(kernel) -> dict[str, int]:
+    """Packed (``ymm``/``zmm``) and scalar single-precision FMAs in ``kernel``'s compiled code
+    (all its stages, inlined or not): the evidence that the pixel loops are vectorised.
+    Empty when the code came from the on-disk cache (Numba cannot show that)."""
+    import re
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        asm = "".join(kernel.inspect_asm().values())
+    if len(asm) < 100:
+        return {}
+    return {
+        "packed FMA (ymm/zmm)": len(re.findall(r"vfn?m(?:add|sub)\w*ps\s[^\n]*%[yz]mm", asm)),
+        "scalar FMA": len(re.findall(r"vfn?m(?:add|sub)\w*ss\s", asm)),
+    }
+
+
+def variant_times(args: argparse.Namespace, name: str) -> dict[str, float]:
+    """:func:`measure` in a fresh process on a copy of the tree with ``name`` switched off."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        shutil.copytree(ROOT / "cuda_kernels", tree / "cuda_kernels", ignore=_no_cache)
+        source = (ROOT / KERNELS).read_text()
+        for old, new in VARIANTS[name]:
+            if source.count(old) != 1:
+                raise SystemExit(f"cpu_time_split: {KERNELS} changed; update VARIANTS[{name!r}]")
+            source = source.replace(old, new)
+        (tree / KERNELS).write_text(source)
+        return _run(args, tree, Path(tmp) / "cache")
+
+
+def _no_cache(_dir: str, names: list[str]) -> list[str]:
+    return [n for n in names if n == "__pycache__"]
+
+
+def _run(args: argparse.Namespace, kernels_root: Path, cache: Path) -> dict[str, float]:
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(kernels_root), str(ROOT)]),
+        NUMBA_NUM_THREADS=str(args.threads),
+        NUMBA_CACHE_DIR=str(cache),
+        OMP_WAIT_POLICY="PASSIVE",
+    )
+    command = [sys.executable, __file__, "--measure", *_forwarded(args)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"cpu_time_split: a measurement failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    return [
+        f"--batch={args.batch}",
+        f"--gaussians={args.gaussians}",
+        f"--size={args.size}",
+        f"--threads={args.threads}",
+        f"--repeats={args.repeats}",
+        f"--shard={args.shard}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(args)))
+        return {}
+    with tempfile.TemporaryDirectory() as cache:
+        result = {"full": _run(args, ROOT, Path(cache))}
+    for name in VARIANTS:
+        result[name] = variant_times(args, name)
+    full = result["full"]
+    print(f"# ms per image, {args.threads} thread(s), batch {args.batch}, {args.gaussians} splats")
+    for name, value in full.items():
+        print(f"{name:34s} {value:8.4f}" if isinstance(value, float) else f"{name:34s} {value:8d}")
+    print("# what switching one part off saves (ms per image, and share of the whole)")
+    for stage in ("raster_tiles (render)", "loss_and_grad (backend)"):
+        whole = full[stage]
+        for name in VARIANTS:
+            saved = whole - result[name][stage]
+            print(f"{name + ' in ' + stage:50s} {saved:8.4f}  ({saved / whole:.0%})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
