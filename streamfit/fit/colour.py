@@ -25,9 +25,11 @@ def solve_colours(
     """
     if ridge <= 0.0:
         raise ValueError(f"the colour solve needs ridge > 0, got {ridge}")
-    g = gram.to(torch.float64)
-    b = rhs.to(torch.float64)
-    c0 = current.to(torch.float64)
+    # float32 is enough: the ridge bounds the condition number near 1 / ridge times the
+    # splats overlapping a pixel, and it factorises ~5x faster than float64 on a CPU
+    g = gram.to(torch.float32)
+    b = rhs.to(torch.float32)
+    c0 = current.to(torch.float32)
     n = g.shape[-1]
     finite = torch.isfinite(g).flatten(1).all(1) & torch.isfinite(b).flatten(1).all(1)
     finite &= torch.isfinite(c0).flatten(1).all(1)
@@ -38,7 +40,7 @@ def solve_colours(
     factor, info = torch.linalg.cholesky_ex(g + lam[:, None, None] * eye)
     solved = torch.cholesky_solve(b + lam[:, None, None] * c0, factor)
     ok = finite & (info == 0) & torch.isfinite(solved).flatten(1).all(1)
-    return torch.where(ok[:, None, None], solved, current.to(torch.float64)).to(current.dtype)
+    return torch.where(ok[:, None, None], solved, current.to(torch.float32)).to(current.dtype)
 
 
 def exact_colours(

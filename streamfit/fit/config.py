@@ -29,7 +29,7 @@ class FitConfig:
     """
 
     gaussians: int = 400
-    iters: int = 200
+    iters: int = 25  # reaches the old method's 100-iteration quality (BENCHMARKS.md)
     init: str = "adaptive"  # adaptive | structured | paper | random
     init_detail: float = 0.9  # adaptive init: share of the splat density that follows detail
     init_scale: float = 1.0  # adaptive init: sigma = init_scale * half the cell's sides

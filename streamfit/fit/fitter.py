@@ -67,7 +67,12 @@ def initial_params(images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
     """``[B, N, 8]`` starting parameters for ``images [B, H, W, 3]`` as ``cfg.init`` says."""
     if cfg.init == "adaptive":
         return adaptive_init(
-            images, cfg.gaussians, cfg.init_detail, cfg.init_scale, cfg.init_anisotropy
+            images,
+            cfg.gaussians,
+            cfg.init_detail,
+            cfg.init_scale,
+            cfg.init_anisotropy,
+            normalize_color=cfg.colour_solve not in ("init", "init+final"),
         )
     if cfg.init == "structured":
         return structured_init(images, cfg.gaussians, cfg.init_normalize_color)

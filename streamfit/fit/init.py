@@ -269,6 +269,7 @@ def adaptive_init(
     detail: float = 0.7,
     scale: float = 1.0,
     anisotropy: float = 0.0,
+    normalize_color: bool = True,
 ) -> torch.Tensor:
     """Content-adaptive initialisation: splats where the detail is, shaped like it.
 
@@ -277,8 +278,8 @@ def adaptive_init(
     whose area is that of an ellipse ``scale`` times the cell's half-sides, stretched along
     the cell's dominant edge direction (the structure tensor averaged over the cell) by
     ``1 + anisotropy * coherence`` and squeezed across it by the same factor. Colours are the
-    cells' mean colours divided by the summed weight of the splats at the centre (the exact
-    colour solve usually replaces them). ``images [B, H, W, 3]`` -> ``[B, n, 8]`` on the same
+    cells' mean colours, with ``normalize_color`` divided by the summed weight of the splats
+    at the centre (skip that when the exact colour solve replaces them anyway). ``images [B, H, W, 3]`` -> ``[B, n, 8]`` on the same
     device. Deterministic.
     """
     b, height, width, _ = images.shape
@@ -311,7 +312,8 @@ def adaptive_init(
     params[..., 3] = l21
     params[..., 4] = 0.5 * (syy - l21 * l21).clamp_min(1e-6).log()
     params[..., 5:8] = _box_means(images, boxes)
-    params[..., 5:8] /= _coverage(params)[..., None]
+    if normalize_color:
+        params[..., 5:8] /= _coverage(params)[..., None]
     return params.to(images.dtype)
 
 
