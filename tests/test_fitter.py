@@ -4,6 +4,7 @@ import torch
 from streamfit.fit import FitConfig, fit
 from streamfit.fit.backends import get_backend
 from streamfit.fit.backends.torch_backend import TorchBackend
+from streamfit.fit.fitter import initial_params
 from streamfit.render import psnr, render
 
 
@@ -150,3 +151,27 @@ def test_schedule():
     )
     assert [s for s in range(100) if prune.is_prune_step(s)] == [20, 30, 40, 50]
     assert not any(FitConfig().is_prune_step(s) for s in range(200))
+
+
+def test_random_init_is_seeded_by_content_not_batch_slot():
+    images = smooth_images(seed=4)
+    cfg = tiny_cfg(init="random", iters=0)
+    alone = initial_params(images[1:], cfg)
+    together = initial_params(images, cfg)
+    torch.testing.assert_close(together[1], alone[0])
+    assert not torch.equal(together[0], together[1])
+
+
+def test_default_method_on_flat_tiny_and_non_finite_images():
+    """Adaptive init + colour solves: a flat image fits (its Gram has many equal rows), a
+    NaN image is dropped and counted, the others carry on."""
+    images = smooth_images(seed=5)
+    images[0] = 0.3
+    images[1, 2, 3, 1] = float("nan")
+    result = fit(images, FitConfig(gaussians=24, iters=5, backend="cpu"))
+    assert result.dropped == [1]
+    assert result.psnr[0] > 30
+    tiny = fit(torch.rand(1, 2, 3, 3), FitConfig(gaussians=6, iters=5, backend="cpu"))
+    assert tiny.dropped == [] and torch.isfinite(tiny.psnr).all()
+    with pytest.raises(ValueError, match="more splats than pixels"):
+        fit(torch.rand(1, 2, 3, 3), FitConfig(gaussians=7, iters=5, backend="cpu"))
