@@ -142,9 +142,12 @@ def test_settings_hash_tracks_results_not_speed():
 
 
 def test_schedule():
-    cfg = FitConfig(iters=100, lr_final_fraction=0.1)
+    cfg = FitConfig(iters=100, lr_final_fraction=0.1, warmup_iters=0, lr_hold=0.0)
     assert cfg.lr_factor(0) == pytest.approx(1.0)
     assert cfg.lr_factor(99) == pytest.approx(0.1)
+    held = FitConfig(iters=20, lr_final_fraction=0.2, warmup_iters=2, lr_hold=0.5)
+    assert [held.lr_factor(s) for s in (0, 1, 2, 11)] == pytest.approx([0.5, 1.0, 1.0, 1.0])
+    assert held.lr_factor(12) < 1.0 and held.lr_factor(19) == pytest.approx(0.2)
     assert FitConfig(lr_schedule="constant").lr_factor(50) == 1.0
     prune = FitConfig(
         iters=100, prune_luminance=0.1, prune_start=0.2, prune_end=0.5, prune_every=10
@@ -175,3 +178,11 @@ def test_default_method_on_flat_tiny_and_non_finite_images():
     assert tiny.dropped == [] and torch.isfinite(tiny.psnr).all()
     with pytest.raises(ValueError, match="more splats than pixels"):
         fit(torch.rand(1, 2, 3, 3), FitConfig(gaussians=7, iters=5, backend="cpu"))
+
+
+def test_settings_hash_tracks_the_fitting_code_version(monkeypatch):
+    from streamfit.fit import config
+
+    before = FitConfig().settings_hash()
+    monkeypatch.setattr(config, "FIT_VERSION", config.FIT_VERSION + 1)
+    assert FitConfig().settings_hash() != before

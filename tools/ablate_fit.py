@@ -34,7 +34,9 @@ from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
 from streamfit.report import write_json
 
 # the settings the fitter used before adaptive init and exact colours
-OLD_SCHEDULE = dict(lr_hold=0.0, lr_final_fraction=0.3, betas=(0.8, 0.99))
+OLD_SCHEDULE = dict(
+    lr_position=1.5, lr_hold=0.0, lr_final_fraction=0.3, warmup_iters=0, betas=(0.8, 0.99)
+)
 VARIANTS: dict[str, dict] = {
     "old-default": dict(init="structured", colour_solve="none", **OLD_SCHEDULE),
     "paper": dict(init="paper", colour_solve="none", **OLD_SCHEDULE),

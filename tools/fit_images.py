@@ -4,7 +4,7 @@
 Writes one ``<key>.splats`` file (see :mod:`streamfit.splats`) and one preview PNG
 (original | reconstruction | splat ellipses) per image, a JSON summary, and prints a table.
 
-    python tools/fit_images.py photo.jpg --gaussians 400 --iters 25 --out runs/fit
+    python tools/fit_images.py photo.jpg --gaussians 400 --iters 16 --out runs/fit
     python tools/fit_images.py shards/train-000000.tar --limit 32 --json runs/fit/summary.json
     python tools/fit_images.py imgs/ --backend torch lr_color=0.03   # key=value: FitConfig fields
 """
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
     parser.add_argument("inputs", nargs="+", help="images, folders or .tar shards; then key=value")
     parser.add_argument("--config", help="YAML file of FitConfig fields")
     parser.add_argument("--gaussians", type=int, help="splats per image (default 400)")
-    parser.add_argument("--iters", type=int, help="fitting iterations (default 25)")
+    parser.add_argument("--iters", type=int, help="fitting iterations (default 16)")
     parser.add_argument("--backend", choices=("auto", *BACKENDS), help="default: auto")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--init", choices=INITS, help="default: adaptive")

@@ -29,16 +29,17 @@ class FitConfig:
     """
 
     gaussians: int = 400
-    iters: int = 25  # reaches the old method's 100-iteration quality (BENCHMARKS.md)
+    iters: int = 16  # reaches the old method's 100-iteration quality (BENCHMARKS.md)
     init: str = "adaptive"  # adaptive | structured | paper | random
     init_detail: float = 0.9  # adaptive init: share of the splat density that follows detail
+    init_detail_power: float = 1.4  # adaptive init: density ~ gradient magnitude ** this
     init_scale: float = 1.0  # adaptive init: sigma = init_scale * half the cell's sides
     init_anisotropy: float = 0.5  # adaptive init: stretch along edges, 1 + this * coherence
     init_normalize_color: bool = True  # structured init: undo the grid's overlap brightening
     backend: str = "auto"  # auto | torch | cpu | cuda
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # tuned for 100-200 iterations at 224x224 x 400 splats on real photos (README)
-    lr_position: float = 1.5
+    # tuned for 20-100 iterations at 224x224 x 400 splats on real photos (train shards)
+    lr_position: float = 2.0
     lr_covariance: float = 0.15
     lr_color: float = 0.02
     colour_solve: str = "init+final"  # none | init | final | init+final: exact colours
@@ -47,7 +48,7 @@ class FitConfig:
     lr_schedule: str = "cosine"  # cosine | constant
     lr_final_fraction: float = 0.2
     lr_hold: float = 0.7  # fraction of the iterations after warm-up at the full rate
-    warmup_iters: int = 0
+    warmup_iters: int = 3
     betas: tuple[float, float] = (0.7, 0.95)
     l1: float = 0.0
     prune_luminance: float = 0.0  # 0 disables pruning

@@ -73,6 +73,7 @@ def initial_params(images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
             cfg.init_scale,
             cfg.init_anisotropy,
             normalize_color=cfg.colour_solve not in ("init", "init+final"),
+            detail_power=cfg.init_detail_power,
         )
     if cfg.init == "structured":
         return structured_init(images, cfg.gaussians, cfg.init_normalize_color)

@@ -140,12 +140,12 @@ def _gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return gx, gy
 
 
-def detail_density(images: torch.Tensor, detail: float) -> torch.Tensor:
+def detail_density(images: torch.Tensor, detail: float, power: float = 1.0) -> torch.Tensor:
     """``[B, H, W]`` float64 density, mean 1 per image: ``1 - detail`` uniform plus ``detail``
-    times the local gradient magnitude (central differences summed over the channels, a 3x3
-    box blur), normalised. A flat image gets the uniform density."""
+    times the local gradient magnitude to the ``power`` (central differences over the
+    channels, a 3x3 box blur), normalised. A flat image gets the uniform density."""
     gx, gy = _gradients(images)
-    energy = (gx * gx + gy * gy).sum(1, keepdim=True).sqrt()
+    energy = (gx * gx + gy * gy).sum(1, keepdim=True) ** (0.5 * power)
     energy = torch.nn.functional.avg_pool2d(
         torch.nn.functional.pad(energy, (1, 1, 1, 1), mode="replicate"), 3, stride=1
     )[:, 0]
@@ -266,24 +266,26 @@ def equal_mass_boxes(density: torch.Tensor, n: int) -> torch.Tensor:
 def adaptive_init(
     images: torch.Tensor,
     n: int,
-    detail: float = 0.7,
+    detail: float = 0.9,
     scale: float = 1.0,
-    anisotropy: float = 0.0,
+    anisotropy: float = 0.5,
     normalize_color: bool = True,
+    detail_power: float = 1.4,
 ) -> torch.Tensor:
     """Content-adaptive initialisation: splats where the detail is, shaped like it.
 
-    The image is cut into ``n`` cells of equal mass of :func:`detail_density` (small cells on
-    edges and texture, large ones on flat regions); each cell gets a splat at its centre
-    whose area is that of an ellipse ``scale`` times the cell's half-sides, stretched along
-    the cell's dominant edge direction (the structure tensor averaged over the cell) by
-    ``1 + anisotropy * coherence`` and squeezed across it by the same factor. Colours are the
-    cells' mean colours, with ``normalize_color`` divided by the summed weight of the splats
-    at the centre (skip that when the exact colour solve replaces them anyway). ``images [B, H, W, 3]`` -> ``[B, n, 8]`` on the same
-    device. Deterministic.
+    The image is cut into ``n`` cells of equal mass of :func:`detail_density` (``detail``,
+    ``detail_power``: small cells on edges and texture, large ones on flat regions); each cell
+    gets a splat at its centre with the cell's axis-aligned covariance (standard deviations
+    ``scale`` times its half-sides), stretched along the cell's dominant edge direction (the
+    structure tensor averaged over the cell) by ``1 + anisotropy * coherence`` and squeezed
+    across it by the same factor. Colours are the cells' mean colours, with
+    ``normalize_color`` divided by the summed weight of the splats at the centre (skip that
+    when the exact colour solve replaces them anyway). ``images [B, H, W, 3]`` ->
+    ``[B, n, 8]`` on the same device. Deterministic.
     """
     b, height, width, _ = images.shape
-    boxes = equal_mass_boxes(detail_density(images, detail), n)
+    boxes = equal_mass_boxes(detail_density(images, detail, detail_power), n)
     gx, gy = _gradients(images)
     tensor = torch.stack([(gx * gx).sum(1), (gx * gy).sum(1), (gy * gy).sum(1)], -1)
     jxx, jxy, jyy = _box_means(tensor, boxes).unbind(-1)
