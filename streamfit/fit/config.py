@@ -22,8 +22,11 @@ COLOUR_SOLVES = ("none", "init", "final", "init+final")
 class FitConfig:
     """How to fit splats to images.
 
-    Learning rates are per parameter group (positions in pixels, the log-Cholesky covariance,
-    colours); the schedule multiplies all of them. Pruning removes splats whose colour
+    The defaults are the method tuned for short fits (BENCHMARKS.md): adaptive initialisation,
+    exact colours solved at the start and after the last iteration (skipped after the start
+    when ``l1 > 0``: the solve would undo the penalty), warm-up, a hold at the full rate, then
+    cosine decay. Learning rates are per parameter group (positions in pixels, the
+    log-Cholesky covariance, colours); the schedule multiplies all of them. Pruning removes splats whose colour
     luminance falls below ``prune_luminance`` at the pruning steps between ``prune_start`` and
     ``prune_end`` (fractions of ``iters``).
     """

@@ -16,11 +16,10 @@ if not numba.config.ENABLE_CUDASIM:
 from streamfit.fit.backends.cuda import CudaBackend  # noqa: E402
 
 
-@pytest.mark.parametrize(("tile", "height", "width"), [(8, 12, 20), (16, 16, 16)])
-def test_gram_matches_dense_reference(tile, height, width):
+def test_gram_matches_dense_reference():
     """Partial edge tiles, splats listed in several tiles, masked and non-finite splats."""
-    params, mask, target = colour_case(2, 14, height, width, seed=tile)
-    gram, rhs = CudaBackend(tile=tile).colour_system(params, mask, target)
+    params, mask, target = colour_case(2, 12, 12, 20, seed=8)
+    gram, rhs = CudaBackend(tile=8).colour_system(params, mask, target)
     ref_gram, ref_rhs = reference_system(params, mask, target)
     assert relative_error(gram, ref_gram) < 1e-5
     assert relative_error(rhs, ref_rhs) < 1e-5
