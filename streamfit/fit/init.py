@@ -1,4 +1,5 @@
-"""Initial splat sets: the paper's structured grid initialisation and a random baseline."""
+"""Initial splat sets: content-adaptive placement (the default), the paper's structured grid
+initialisation (overlap-normalised, or exactly as the paper has it) and a random baseline."""
 
 from __future__ import annotations
 
