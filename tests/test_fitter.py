@@ -4,6 +4,7 @@ import torch
 from streamfit.fit import FitConfig, fit
 from streamfit.fit.backends import get_backend
 from streamfit.fit.backends.torch_backend import TorchBackend
+from streamfit.fit.fitter import initial_params
 from streamfit.render import psnr, render
 
 
@@ -141,12 +142,47 @@ def test_settings_hash_tracks_results_not_speed():
 
 
 def test_schedule():
-    cfg = FitConfig(iters=100, lr_final_fraction=0.1)
+    cfg = FitConfig(iters=100, lr_final_fraction=0.1, warmup_iters=0, lr_hold=0.0)
     assert cfg.lr_factor(0) == pytest.approx(1.0)
     assert cfg.lr_factor(99) == pytest.approx(0.1)
+    held = FitConfig(iters=20, lr_final_fraction=0.2, warmup_iters=2, lr_hold=0.5)
+    assert [held.lr_factor(s) for s in (0, 1, 2, 11)] == pytest.approx([0.5, 1.0, 1.0, 1.0])
+    assert held.lr_factor(12) < 1.0 and held.lr_factor(19) == pytest.approx(0.2)
     assert FitConfig(lr_schedule="constant").lr_factor(50) == 1.0
     prune = FitConfig(
         iters=100, prune_luminance=0.1, prune_start=0.2, prune_end=0.5, prune_every=10
     )
     assert [s for s in range(100) if prune.is_prune_step(s)] == [20, 30, 40, 50]
     assert not any(FitConfig().is_prune_step(s) for s in range(200))
+
+
+def test_random_init_is_seeded_by_content_not_batch_slot():
+    images = smooth_images(seed=4)
+    cfg = tiny_cfg(init="random", iters=0)
+    alone = initial_params(images[1:], cfg)
+    together = initial_params(images, cfg)
+    torch.testing.assert_close(together[1], alone[0])
+    assert not torch.equal(together[0], together[1])
+
+
+def test_default_method_on_flat_tiny_and_non_finite_images():
+    """Adaptive init + colour solves: a flat image fits (its Gram has many equal rows), a
+    NaN image is dropped and counted, the others carry on."""
+    images = smooth_images(seed=5)
+    images[0] = 0.3
+    images[1, 2, 3, 1] = float("nan")
+    result = fit(images, FitConfig(gaussians=24, iters=5, backend="cpu"))
+    assert result.dropped == [1]
+    assert result.psnr[0] > 30
+    tiny = fit(torch.rand(1, 2, 3, 3), FitConfig(gaussians=6, iters=5, backend="cpu"))
+    assert tiny.dropped == [] and torch.isfinite(tiny.psnr).all()
+    with pytest.raises(ValueError, match="more splats than pixels"):
+        fit(torch.rand(1, 2, 3, 3), FitConfig(gaussians=7, iters=5, backend="cpu"))
+
+
+def test_settings_hash_tracks_the_fitting_code_version(monkeypatch):
+    from streamfit.fit import config
+
+    before = FitConfig().settings_hash()
+    monkeypatch.setattr(config, "FIT_VERSION", config.FIT_VERSION + 1)
+    assert FitConfig().settings_hash() != before

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from streamfit.fit.init import grid_layout, random_init, structured_init
+from streamfit.fit.init import (
+    adaptive_init,
+    detail_density,
+    equal_mass_boxes,
+    grid_layout,
+    paper_init,
+    random_init,
+    structured_init,
+)
 from streamfit.render import render
 
 
@@ -101,3 +109,49 @@ def test_normalized_colours_render_a_flat_image_flat():
     torch.testing.assert_close(normalized[inner], images[0][inner], rtol=0, atol=0.06)
     # the paper's cell-mean colours: the overlapping grid renders ~1.6x too bright
     assert plain[inner].mean() > 0.75
+
+
+def _photo_like(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Smooth left half, a sharp checkerboard on the right: detail lives on the right."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(b, 1, 1, 3, generator=g).expand(b, h, w, 3).clone()
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    checks = (((xs // 3) + (ys // 3)) % 2).float()[None, :, :, None]
+    images[:, :, w // 2 :] = checks[:, :, w // 2 :] * 0.8 + 0.1
+    return images
+
+
+def test_equal_mass_boxes_tile_the_image_with_equal_mass():
+    images = _photo_like(2, 40, 56)
+    density = detail_density(images, 0.9)
+    boxes = equal_mass_boxes(density, 37)
+    assert boxes.shape == (2, 37, 4)
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    torch.testing.assert_close(area.sum(1), torch.full((2,), 40.0 * 56, dtype=area.dtype))
+    assert (area > 0).all()
+
+
+def test_adaptive_init_puts_splats_where_the_detail_is():
+    images = _photo_like(1, 48, 64)
+    params = adaptive_init(images, 64, detail=0.9)
+    assert torch.isfinite(params).all()
+    assert (params[0, :, 0] > 32).sum() > 48  # most splats on the detailed right half
+    # and deterministic, whatever the batch around an image
+    again = adaptive_init(torch.cat([_photo_like(1, 48, 64, seed=5), images]), 64, detail=0.9)
+    torch.testing.assert_close(again[1], params[0])
+
+
+def test_adaptive_init_on_flat_and_tiny_images():
+    flat = torch.full((1, 20, 30, 3), 0.4)
+    params = adaptive_init(flat, 6)
+    assert torch.isfinite(params).all()
+    assert params[0, :, 0].unique().numel() > 1  # a uniform grid-like split, not a collapse
+    tiny = adaptive_init(torch.rand(1, 2, 2, 3), 4)  # one splat per pixel
+    assert torch.isfinite(tiny).all()
+    with pytest.raises(ValueError, match="more splats than pixels"):
+        adaptive_init(torch.rand(1, 2, 2, 3), 5)
+
+
+def test_paper_init_is_structured_without_overlap_correction():
+    images = torch.rand(2, 16, 16, 3)
+    torch.testing.assert_close(paper_init(images, 16), structured_init(images, 16, False))

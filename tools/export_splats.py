@@ -10,7 +10,7 @@ splat, :func:`streamfit.splats.pack_params`); the ``.json`` gains
 ``"splats": {"height", "width", "count", "fit_settings", "cache_settings"}``.
 
     python tools/export_splats.py --shards 'shards/{000000..000127}.tar' --cache runs/cache \\
-        --image-size 224 --gaussians 400 --iters 200 --out splat_shards/ --json export.json
+        --image-size 224 --gaussians 400 --iters 16 --out splat_shards/ --json export.json
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 Writes one ``<key>.splats`` file (see :mod:`streamfit.splats`) and one preview PNG
 (original | reconstruction | splat ellipses) per image, a JSON summary, and prints a table.
 
-    python tools/fit_images.py photo.jpg --gaussians 400 --iters 200 --out runs/fit
+    python tools/fit_images.py photo.jpg --gaussians 400 --iters 16 --out runs/fit
     python tools/fit_images.py shards/train-000000.tar --limit 32 --json runs/fit/summary.json
     python tools/fit_images.py imgs/ --backend torch lr_color=0.03   # key=value: FitConfig fields
 """
@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from streamfit.config import ConfigError, load_config, to_yaml
 from streamfit.data.local_images import ImageSource, iter_decoded
 from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
+from streamfit.fit.config import COLOUR_SOLVES, INITS
 from streamfit.fit.init import check_splat_count
 from streamfit.render import cholesky_factors
 from streamfit.report import write_json
@@ -51,10 +52,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
     parser.add_argument("inputs", nargs="+", help="images, folders or .tar shards; then key=value")
     parser.add_argument("--config", help="YAML file of FitConfig fields")
     parser.add_argument("--gaussians", type=int, help="splats per image (default 400)")
-    parser.add_argument("--iters", type=int, help="fitting iterations (default 200)")
+    parser.add_argument("--iters", type=int, help="fitting iterations (default 16)")
     parser.add_argument("--backend", choices=("auto", *BACKENDS), help="default: auto")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--init", choices=("structured", "random"))
+    parser.add_argument("--init", choices=INITS, help="default: adaptive")
+    parser.add_argument("--colour-solve", choices=COLOUR_SOLVES, help="default: init+final")
     parser.add_argument("--prune-luminance", type=float, help="0 disables pruning")
     parser.add_argument("--l1", type=float, help="L1 weight on splat colours")
     parser.add_argument(
@@ -81,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
         "backend": args.backend,
         "device": args.device,
         "init": args.init,
+        "colour_solve": args.colour_solve,
         "prune_luminance": args.prune_luminance,
         "l1": args.l1,
     }
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "iters": cfg.iters,
         "gaussians": cfg.gaussians,
         "init": cfg.init,
+        "colour_solve": cfg.colour_solve,
         "prune_luminance": cfg.prune_luminance,
         "l1": cfg.l1,
         "fitted": len(fitted),

@@ -7,35 +7,52 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+# Version of the fitting method: bumped whenever the code (not the settings) changes what a fit
+# produces, so splats cached by an older method are never served as current.
+FIT_VERSION = 2
+
 # Settings that only change how fast a fit runs, never what it produces: excluded from the hash
 # so the splat cache stays valid across backends and batch sizes.
 _NOT_IN_HASH = frozenset({"backend", "device"})
+INITS = ("adaptive", "structured", "paper", "random")
+COLOUR_SOLVES = ("none", "init", "final", "init+final")
 
 
 @dataclass
 class FitConfig:
     """How to fit splats to images.
 
-    Learning rates are per parameter group (positions in pixels, the log-Cholesky covariance,
-    colours); the schedule multiplies all of them. Pruning removes splats whose colour
+    The defaults are the method tuned for short fits (BENCHMARKS.md): adaptive initialisation,
+    exact colours solved at the start and after the last iteration (skipped after the start
+    when ``l1 > 0``: the solve would undo the penalty), warm-up, a hold at the full rate, then
+    cosine decay. Learning rates are per parameter group (positions in pixels, the
+    log-Cholesky covariance, colours); the schedule multiplies all of them. Pruning removes splats whose colour
     luminance falls below ``prune_luminance`` at the pruning steps between ``prune_start`` and
     ``prune_end`` (fractions of ``iters``).
     """
 
     gaussians: int = 400
-    iters: int = 200
-    init: str = "structured"  # structured | random
+    iters: int = 16  # reaches the old method's 100-iteration quality (BENCHMARKS.md)
+    init: str = "adaptive"  # adaptive | structured | paper | random
+    init_detail: float = 0.9  # adaptive init: share of the splat density that follows detail
+    init_detail_power: float = 1.4  # adaptive init: density ~ gradient magnitude ** this
+    init_scale: float = 1.0  # adaptive init: sigma = init_scale * half the cell's sides
+    init_anisotropy: float = 0.5  # adaptive init: stretch along edges, 1 + this * coherence
     init_normalize_color: bool = True  # structured init: undo the grid's overlap brightening
     backend: str = "auto"  # auto | torch | cpu | cuda
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # tuned for 100-200 iterations at 224x224 x 400 splats on real photos (README)
-    lr_position: float = 1.5
+    # tuned for 20-100 iterations at 224x224 x 400 splats on real photos (train shards)
+    lr_position: float = 2.0
     lr_covariance: float = 0.15
     lr_color: float = 0.02
+    colour_solve: str = "init+final"  # none | init | final | init+final: exact colours
+    colour_solve_every: int = 0  # also re-solve the colours every k iterations (0: never)
+    colour_ridge: float = 1e-3  # regularisation of the colour solve (relative)
     lr_schedule: str = "cosine"  # cosine | constant
-    lr_final_fraction: float = 0.3
-    warmup_iters: int = 0
-    betas: tuple[float, float] = (0.8, 0.99)
+    lr_final_fraction: float = 0.2
+    lr_hold: float = 0.7  # fraction of the iterations after warm-up at the full rate
+    warmup_iters: int = 3
+    betas: tuple[float, float] = (0.7, 0.95)
     l1: float = 0.0
     prune_luminance: float = 0.0  # 0 disables pruning
     prune_start: float = 0.3
@@ -50,20 +67,32 @@ class FitConfig:
             raise ValueError(f"fit.iters must be >= 0, got {self.iters}")
         if self.backend not in ("auto", "torch", "cpu", "cuda"):
             raise ValueError(f"fit.backend must be auto, torch, cpu or cuda, got {self.backend!r}")
-        if self.init not in ("structured", "random"):
-            raise ValueError(f"fit.init must be 'structured' or 'random', got {self.init!r}")
+        if self.init not in INITS:
+            raise ValueError(f"fit.init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.colour_solve not in COLOUR_SOLVES:
+            raise ValueError(
+                f"fit.colour_solve must be one of {', '.join(COLOUR_SOLVES)}, "
+                f"got {self.colour_solve!r}"
+            )
+        if self.colour_solve_every < 0:
+            raise ValueError(f"fit.colour_solve_every must be >= 0, got {self.colour_solve_every}")
+        if self.colour_ridge <= 0.0:
+            raise ValueError(f"fit.colour_ridge must be > 0, got {self.colour_ridge}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(
                 f"fit.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
             )
         if not 0.0 <= self.prune_start <= self.prune_end <= 1.0:
             raise ValueError("fit.prune_start <= fit.prune_end must lie in [0, 1]")
+        if not 0.0 <= self.lr_hold < 1.0:
+            raise ValueError(f"fit.lr_hold must lie in [0, 1), got {self.lr_hold}")
         if self.prune_every < 1:
             raise ValueError(f"fit.prune_every must be >= 1, got {self.prune_every}")
 
     def settings_hash(self) -> str:
         """Short hex digest of every setting that changes the fitted splats."""
         settings = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_HASH}
+        settings["fit_version"] = FIT_VERSION
         blob = json.dumps(settings, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -73,7 +102,10 @@ class FitConfig:
             return (step + 1) / self.warmup_iters
         if self.lr_schedule == "constant" or self.iters <= 1:
             return 1.0
-        progress = (step - self.warmup_iters) / max(1, self.iters - 1 - self.warmup_iters)
+        start = self.warmup_iters + int(self.lr_hold * (self.iters - self.warmup_iters))
+        if step < start:
+            return 1.0
+        progress = (step - start) / max(1, self.iters - 1 - start)
         floor = self.lr_final_fraction
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 

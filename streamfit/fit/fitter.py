@@ -3,14 +3,22 @@ luminance-threshold pruning, per-image PSNR; the backend does the rendering math
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from streamfit.fit.backends import FitBackend, get_backend
+from streamfit.fit.colour import exact_colours
 from streamfit.fit.config import FitConfig
-from streamfit.fit.init import check_splat_count, random_init, structured_init
+from streamfit.fit.init import (
+    adaptive_init,
+    check_splat_count,
+    paper_init,
+    random_init,
+    structured_init,
+)
 from streamfit.render import psnr
 from streamfit.splats import COLOR, Splats
 
@@ -58,10 +66,36 @@ def luminance(colors: torch.Tensor) -> torch.Tensor:
 
 def initial_params(images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
     """``[B, N, 8]`` starting parameters for ``images [B, H, W, 3]`` as ``cfg.init`` says."""
+    if cfg.init == "adaptive":
+        return adaptive_init(
+            images,
+            cfg.gaussians,
+            cfg.init_detail,
+            cfg.init_scale,
+            cfg.init_anisotropy,
+            normalize_color=cfg.colour_solve not in ("init", "init+final"),
+            detail_power=cfg.init_detail_power,
+        )
     if cfg.init == "structured":
         return structured_init(images, cfg.gaussians, cfg.init_normalize_color)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    return random_init(images, cfg.gaussians, generator)
+    if cfg.init == "paper":
+        return paper_init(images, cfg.gaussians)
+    # seeded per image from its content, so a fit does not depend on the image's batch slot
+    return torch.cat(
+        [
+            random_init(image[None], cfg.gaussians, torch.Generator().manual_seed(seed))
+            for image, seed in zip(images, content_seeds(images, cfg.seed), strict=True)
+        ]
+    )
+
+
+def content_seeds(images: torch.Tensor, seed: int) -> list[int]:
+    """One 63-bit seed per image of ``[B, H, W, 3]``: a hash of its float32 pixels and ``seed``."""
+    pixels = images.detach().to("cpu", torch.float32).contiguous().numpy()
+    return [
+        int.from_bytes(hashlib.sha256(f"{seed}/".encode() + image.tobytes()).digest()[:8]) >> 1
+        for image in pixels
+    ]
 
 
 def fit(
@@ -91,6 +125,11 @@ def fit(
     params = initial_params(target, cfg).contiguous()
     failed = ~finite
     mask = finite[:, None].expand(batch, cfg.gaussians).contiguous()
+    if cfg.colour_solve in ("init", "init+final"):
+        exact_colours(backend, params, mask, target, cfg.colour_ridge)
+    # the solve minimises the plain loss: with an L1 penalty it would undo the penalty's
+    # shrinkage, so only the starting colours are solved then
+    resolve = cfg.colour_solve_every > 0 and cfg.l1 == 0.0
     exp_avg = torch.zeros_like(params)
     exp_avg_sq = torch.zeros_like(params)
     base_lr = torch.tensor(
@@ -120,10 +159,14 @@ def fit(
             params, grad, exp_avg, exp_avg_sq, base_lr * cfg.lr_factor(step), step + 1, cfg.betas
         )
         params.masked_fill_(~mask[..., None], 0.0)
+        if resolve and (step + 1) % cfg.colour_solve_every == 0:
+            exact_colours(backend, params, mask, target, cfg.colour_ridge)
         if cfg.is_prune_step(step):
             mask &= luminance(params[..., COLOR]) >= cfg.prune_luminance
             params.masked_fill_(~mask[..., None], 0.0)
 
+    if cfg.colour_solve in ("final", "init+final") and cfg.iters > 0 and cfg.l1 == 0.0:
+        exact_colours(backend, params, mask, target, cfg.colour_ridge)
     failed |= ~torch.isfinite(params).flatten(1).all(1)
     alive = ~failed
     final = _psnr(backend, params, mask & alive[:, None], target)

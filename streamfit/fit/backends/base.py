@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from streamfit.render import splat_weights
+
 
 def check_target(params: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
     """``(height, width)`` of a ``[B, H, W, 3]`` target matching ``params [B, N, 8]``; a clear
@@ -63,3 +65,22 @@ class FitBackend(ABC):
         bias2 = 1.0 - beta2**step
         denom = (exp_avg_sq / bias2).sqrt_().add_(eps)
         params.addcdiv_(exp_avg * (lr / bias1), denom, value=-1.0)
+
+    def colour_system(
+        self, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normal equations of the best colours for fixed geometry: ``W^T W [B, N, N]`` and
+        ``W^T t [B, N, 3]`` (float32), ``W`` the weights of the valid, finite splats at every
+        pixel (other splats get zero rows).
+
+        This dense definition is the reference; backends replace it with a tile kernel.
+        """
+        height, width = check_target(params, target)
+        grams, rhs = [], []
+        for b in range(params.shape[0]):
+            valid = mask[b] & torch.isfinite(params[b]).all(-1)
+            p = torch.where(valid[:, None], params[b], torch.zeros_like(params[b]))
+            w = splat_weights(p[None].float(), height, width)[0] * valid[:, None]
+            grams.append(w @ w.T)
+            rhs.append(w @ target[b].reshape(-1, 3).float())
+        return torch.stack(grams), torch.stack(rhs)

@@ -21,8 +21,10 @@ import numba
 import numpy as np
 import torch
 
+from cuda_kernels import colour_cpu
 from cuda_kernels import cpu as kernels
 from streamfit.fit.backends.base import FitBackend, check_target
+from streamfit.fit.backends.tiles import tile_lists
 from streamfit.render import Q_CUTOFF
 
 DEFAULT_TILE = 16
@@ -211,6 +213,30 @@ class CpuBackend(FitBackend):
             np.float32(1.0 - beta2**step),
             np.float32(eps),
         )
+
+    @torch.no_grad()
+    def colour_system(
+        self, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The colour normal equations by the tile kernel of :mod:`cuda_kernels.colour_cpu`."""
+        height, width = check_target(params, target)
+        proj, offsets, order = tile_lists(params, mask, height, width, self.tile)
+        n_img, n_spl = mask.shape
+        gram = torch.zeros(n_img, n_spl, n_spl, dtype=torch.float32)
+        rhs = torch.zeros(n_img, n_spl, 3, dtype=torch.float32)
+        colour_cpu.gram_tiles(
+            proj.numpy(),
+            offsets.numpy(),
+            order.numpy(),
+            _view(target),
+            self.tile,
+            math.ceil(width / self.tile),
+            math.ceil(height / self.tile),
+            self.qcut,
+            gram.numpy(),
+            rhs.numpy(),
+        )
+        return gram, rhs
 
 
 def warm_up() -> float:

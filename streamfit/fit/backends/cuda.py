@@ -213,3 +213,35 @@ class CudaBackend(FitBackend):
             )
             words = bits.copy_to_host() if not SIMULATOR else bits
         return int(np.unpackbits(np.ascontiguousarray(words).view(np.uint8)).sum())
+
+    def colour_system(
+        self, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The colour normal equations by the tile kernel of :mod:`cuda_kernels.colour_gpu`."""
+        from cuda_kernels import colour_gpu
+        from streamfit.fit.backends.tiles import tile_lists
+
+        height, width = check_target(params, target)
+        params = params.detach().to(self.device, torch.float32).contiguous()
+        mask = mask.to(self.device, torch.bool).contiguous()
+        target = target.to(self.device, torch.float32).contiguous()
+        proj, offsets, order = tile_lists(params, mask, height, width, self.tile)
+        n_img, n_spl = mask.shape
+        gram = torch.zeros(n_img, n_spl, n_spl, dtype=torch.float32, device=self.device)
+        rhs = torch.zeros(n_img, n_spl, 3, dtype=torch.float32, device=self.device)
+        tiles_x, tiles_y = math.ceil(width / self.tile), math.ceil(height / self.tile)
+        if order.numel():
+            with self._context():
+                colour_gpu.gram_tiles[n_img * tiles_x * tiles_y, 64, self._stream()](
+                    self._array(proj),
+                    self._array(offsets),
+                    self._array(order),
+                    self._array(target),
+                    self.tile,
+                    tiles_x,
+                    tiles_y,
+                    self.qcut,
+                    self._array(gram),
+                    self._array(rhs),
+                )
+        return gram, rhs

@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Ablation of the fitting method: initialisation x colour solve x schedule, each fitted at
+several iteration budgets (every budget is a fit of its own, so its schedule is that of a fit
+of that length), on the same photos, in one run, on one backend.
+
+Prints a markdown table (mean PSNR at each budget, seconds per image of each fit, the
+seconds per image of the cheapest measured budget reaching ``--target``), writes ``--json``
+and a PNG of mean PSNR against fitting seconds per image (``--plot``).
+
+    python tools/ablate_fit.py ../shared/data/imagenet-sample/heldout-000000.tar --limit 48 \\
+        --backend cpu --json runs/ablation.json --plot docs/images/fit_ablation.png
+    python tools/ablate_fit.py photos/ --gaussians 4900 --limit 16 --budgets 50,100,200 \\
+        --variants old-default,new-default --batch 4
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see fit_images.py
+
+import argparse
+import itertools
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from streamfit.data.local_images import ImageSource, iter_decoded
+from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
+from streamfit.report import write_json
+
+# the settings the fitter used before adaptive init and exact colours
+OLD_SCHEDULE = dict(
+    lr_position=1.5, lr_hold=0.0, lr_final_fraction=0.3, warmup_iters=0, betas=(0.8, 0.99)
+)
+VARIANTS: dict[str, dict] = {
+    "old-default": dict(init="structured", colour_solve="none", **OLD_SCHEDULE),
+    "paper": dict(init="paper", colour_solve="none", **OLD_SCHEDULE),
+    "structured+solve": dict(init="structured", colour_solve="init+final", **OLD_SCHEDULE),
+    "structured+solve+schedule": dict(init="structured", colour_solve="init+final"),
+    "adaptive": dict(init="adaptive", colour_solve="none", **OLD_SCHEDULE),
+    "adaptive+solve": dict(init="adaptive", colour_solve="init+final", **OLD_SCHEDULE),
+    "adaptive+schedule": dict(init="adaptive", colour_solve="none"),
+    "new-default": dict(),
+    "new-default+solve/5": dict(colour_solve_every=5),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, help="images, folders or .tar shards")
+    parser.add_argument("--limit", type=int, default=48, help="photos (the first ones)")
+    parser.add_argument("--gaussians", type=int, default=400)
+    parser.add_argument("--size", type=int, default=224, help="resize + centre-crop side")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="cpu")
+    parser.add_argument("--budgets", default="10,20,50,100", help="iteration budgets")
+    parser.add_argument(
+        "--old-budgets", default="150,200", help="extra budgets of old-default (to reach --target)"
+    )
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list")
+    parser.add_argument("--target", type=float, default=25.75, help="PSNR to reach, dB")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="time each fit this often; keep the fastest"
+    )
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, help="PNG: PSNR against seconds per image")
+    args = parser.parse_args(argv)
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def load_images(inputs: list[Path], limit: int, size: int) -> torch.Tensor:
+    """The first ``limit`` decodable images as ``[B, size, size, 3]``."""
+    decoded = iter_decoded(ImageSource(inputs), size, Counter())
+    images = [img for _, img in itertools.islice(decoded, limit)]
+    if not images:
+        raise SystemExit("no decodable images in the inputs")
+    return torch.stack(images)
+
+
+def measure(
+    images: torch.Tensor, cfg: FitConfig, backend, batch: int, repeats: int = 1
+) -> tuple[float, float, float]:
+    """``(mean PSNR, mean PSNR at iteration 0, fitting seconds per image)`` of fitting every
+    image; images that fail are left out of the means. The fit is deterministic, so repeats
+    only time it again: the fastest total counts (other jobs on the machine only add)."""
+    best = float("inf")
+    for _ in range(repeats):
+        psnrs, starts, seconds = [], [], 0.0
+        for i in range(0, len(images), batch):
+            start = time.perf_counter()
+            result = fit(images[i : i + batch], cfg, backend, record_psnr_at=(0,))
+            seconds += time.perf_counter() - start
+            psnrs += result.psnr[result.ok].tolist()
+            starts += result.psnr_history[0][result.ok].tolist()
+        best = min(best, seconds)
+    mean = lambda v: sum(v) / max(1, len(v))  # noqa: E731
+    return mean(psnrs), mean(starts), best / len(images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    images = load_images(args.inputs, args.limit, args.size)
+    backend = get_backend(args.backend)
+    budgets = [int(b) for b in args.budgets.split(",")]
+    base = FitConfig(gaussians=args.gaussians, backend=backend.name)
+    fit(images[:1], replace(base, iters=2), backend)  # compile / load the kernels
+    print(
+        f"# {len(images)} images {args.size}x{args.size}, {args.gaussians} splats, "
+        f"backend {backend.name}, {torch.get_num_threads()} threads",
+        file=sys.stderr,
+    )
+    rows = []
+    for name in args.variants.split(","):
+        extra = [int(b) for b in args.old_budgets.split(",") if b] if name == "old-default" else []
+        row = {"variant": name, "settings": VARIANTS[name], "psnr": {}, "seconds": {}}
+        for iters in budgets + extra:
+            cfg = replace(base, iters=iters, **VARIANTS[name])
+            psnr, start, seconds = measure(images, cfg, backend, args.batch, args.repeats)
+            row["psnr"]["0"] = start
+            row["psnr"][str(iters)], row["seconds"][str(iters)] = psnr, seconds
+            print(
+                f"{name:28s} iters {iters:4d}: {psnr:6.2f} dB {seconds:7.3f} s/img", file=sys.stderr
+            )
+        reached = [int(k) for k, v in row["psnr"].items() if k != "0" and v >= args.target]
+        row["reach_iters"] = min(reached) if reached else None
+        row["reach_seconds"] = row["seconds"][str(min(reached))] if reached else None
+        rows.append(row)
+    summary = {
+        "images": len(images),
+        "size": args.size,
+        "gaussians": args.gaussians,
+        "backend": backend.name,
+        "target_db": args.target,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+    print_table(summary, budgets)
+    if args.json:
+        write_json(args.json, summary)
+    if args.plot:
+        plot(summary, args.plot)
+    return 0
+
+
+def print_table(summary: dict, budgets: list[int]) -> None:
+    cols = ["0", *map(str, budgets)]
+    target = summary["target_db"]
+    head = " | ".join(f"{c} it" for c in cols)
+    secs = " | ".join(f"s/img @{b}" for b in budgets)
+    print(f"| variant | {head} | {secs} | iters to {target} dB | s/img to {target} dB |")
+    print("| --- |" + " ---: |" * (2 * len(cols) + 1))
+    for row in summary["rows"]:
+        psnr = " | ".join(f"{row['psnr'][c]:.2f}" for c in cols)
+        sec = " | ".join(f"{row['seconds'][str(b)]:.3f}" for b in budgets)
+        reach = row["reach_iters"] if row["reach_iters"] is not None else "-"
+        reach_s = f"{row['reach_seconds']:.3f}" if row["reach_seconds"] is not None else "-"
+        print(f"| {row['variant']} | {psnr} | {sec} | {reach} | {reach_s} |")
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in summary["rows"]:
+        iters = sorted(int(k) for k in row["seconds"])
+        ax.plot(
+            [row["seconds"][str(i)] for i in iters],
+            [row["psnr"][str(i)] for i in iters],
+            marker="o",
+            label=row["variant"],
+        )
+    ax.axhline(summary["target_db"], color="grey", linestyle=":", label="target")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"fitting seconds per image ({summary['backend']} backend)")
+    ax.set_ylabel("mean PSNR (dB)")
+    ax.set_title(f"{summary['images']} photos, {summary['gaussians']} splats")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
