@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from cuda_kernels import splat_math
 
-FASTMATH = {"contract", "arcp", "reassoc", "nsz", "afn"}
+FASTMATH = splat_math.FASTMATH
 splat_weight = njit(fastmath=FASTMATH, cache=True, inline="always")(splat_math.splat_weight)
 
 

@@ -3,14 +3,12 @@ the regularised solve (exact on a full-rank system, never NaN on a singular one)
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from cudasim.colour_cases import colour_case, reference_system, relative_error
+from cudasim.kernel_cases import run_under_simulator
 
 from streamfit.fit.backends.cpu import CpuBackend
 from streamfit.fit.colour import exact_colours, solve_colours
@@ -32,19 +30,8 @@ def test_cpu_gram_matches_dense_reference(tile, height, width, n):
 
 
 def test_cuda_gram_under_simulator():
-    """The simulator must be on before numba is first imported: a process of its own."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    script = TESTS / "cudasim" / "sim_colour_kernels.py"
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(script)],
-        env=env,
-        cwd=TESTS.parent,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    """The cuda colour kernel against the dense reference, in a simulator process."""
+    run_under_simulator(TESTS / "cudasim" / "sim_colour_kernels.py")
 
 
 def test_exact_colours_recover_the_colours_that_made_the_image():

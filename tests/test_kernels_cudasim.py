@@ -3,14 +3,16 @@ a real GPU at realistic sizes (``cuda`` marker, skipped without one)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from cudasim.kernel_cases import random_splats, reference_loss_and_grad, relative_error
+from cudasim.kernel_cases import (
+    random_splats,
+    reference_loss_and_grad,
+    relative_error,
+    run_under_simulator,
+)
 
 from streamfit.fit import FitConfig, fit
 from streamfit.fit.backends.torch_backend import TorchBackend
@@ -22,25 +24,7 @@ TESTS = Path(__file__).resolve().parent
 def test_kernels_under_simulator():
     """The simulator must be switched on before numba is first imported, so it gets a process
     of its own and never leaks into this one."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(TESTS / "cudasim" / "sim_gpu_kernels.py"),
-        ],
-        env=env,
-        cwd=TESTS.parent,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    run_under_simulator(TESTS / "cudasim" / "sim_gpu_kernels.py")
 
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
