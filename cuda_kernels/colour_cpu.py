@@ -1,64 +1,111 @@
 """CPU kernel of the colour stage: the normal equations ``(W^T W) c = W^T t`` of the best
-colours for fixed splat geometry, accumulated over the per-tile splat lists (``numba.njit``,
-parallel over images). Mirrors :mod:`cuda_kernels.colour_gpu`: same name, same arguments.
+colours for fixed splat geometry (``numba.njit``, parallel over images).
 
 ``W [H*W, N]`` holds the weight of every splat at every pixel, so the Gram ``W^T W`` only
-couples splats whose footprints overlap and both it and ``W^T t`` are sums over pixels of
-products of the splats listed for the pixel's tile.
+couples splats whose footprints overlap, and both it and ``W^T t`` are sums over the pixels of
+each tile of products of the splats listed for that tile.
+
+It reads the projection and tile lists of the raster kernels (:func:`cuda_kernels.cpu.project`,
+:func:`cuda_kernels.cpu.bin_tiles`) and weighs pairs as they do (scaled coordinates, the
+polynomial :func:`cuda_kernels.cpu.exp2_8`), tile by tile: the weights of the tile's splats
+over its pixels go into a small dense block (zero beyond the cut-off and the image), and each
+pair of overlapping splats adds one dot product over the rows both cover. The dot products
+and the weight loops are flat, unit-stride loops that LLVM vectorises, and the scattered
+additions into the ``N x N`` Gram are per pair and tile, not per pixel. The CUDA kernel
+(:mod:`cuda_kernels.colour_gpu`) computes the same sums one pixel at a time.
 
 Arguments (``B`` images, ``N`` splats, ``T = tiles_x * tiles_y`` tiles, ``E`` list entries):
-``proj [B, N, 8]`` float32 projected splats (x, y, i11, l21, i22, then unused colour),
-``offsets [B * T + 1]`` int64 and ``order [E]`` int32 the tile lists (splat indices ascending
-within a tile), ``target [B, H, W, 3]`` float32, outputs ``gram [B, N, N]`` and
-``rhs [B, N, 3]`` float32, zero-filled by the caller.
+``proj [B, N, 8]`` and ``box [B, N, 4]`` from ``project``, ``offsets [B * T + 1]`` and
+``order [E]`` from ``bin_tiles``, the planar ``target [B, 3, H, W]`` float32; outputs
+``gram [B, N, N]`` and ``rhs [B, N, 3]`` float32 (overwritten: each thread zero-fills its
+image's rows, so the pages are touched by the core that adds into them).
 """
 
 import numpy as np
 from numba import njit, prange
 
-from cuda_kernels import splat_math
-
-FASTMATH = splat_math.FASTMATH
-splat_weight = njit(fastmath=FASTMATH, cache=True, inline="always")(splat_math.splat_weight)
+from cuda_kernels.cpu import FASTMATH, HALF, U_PER_Q, ZERO, exp2_8
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def gram_tiles(proj, offsets, order, target, tile, tiles_x, tiles_y, qcut, gram, rhs):
-    """Accumulate ``gram`` and ``rhs`` (one thread per image, so no two threads add into the
-    same entry). Per pixel, the non-zero weights of the tile's splats are computed once and
-    their pairwise products added to both triangles of the Gram."""
-    n_img, height, width, _ = target.shape
+def gram_tiles(proj, box, offsets, order, target, tile, tiles_x, tiles_y, qcut, gram, rhs):
+    """Accumulate ``gram`` and ``rhs``, one image a thread (no two threads add into the same
+    entry; both triangles get the same sums in the same order, so the Gram is exactly
+    symmetric)."""
+    n_img, _, height, width = target.shape
     n_tiles = tiles_x * tiles_y
+    n_pix = tile * tile
+    nucut = -(qcut * U_PER_Q)
+    most = 0
+    for task in range(n_img * n_tiles):
+        most = max(most, offsets[task + 1] - offsets[task])
     for b in prange(n_img):
-        weights = np.empty(proj.shape[1], np.float32)
-        index = np.empty(proj.shape[1], np.int32)
+        gram[b] = ZERO
+        rhs[b] = ZERO
+        pxs = np.empty(n_pix, np.float32)
+        pys = np.empty(n_pix, np.float32)
+        planes = np.zeros((3, n_pix), np.float32)
+        weights = np.zeros((most, n_pix), np.float32)
+        span = np.empty((most, 2), np.int64)
         for t in range(n_tiles):
-            lo = offsets[b * n_tiles + t]
-            hi = offsets[b * n_tiles + t + 1]
-            if lo == hi:
+            start = offsets[b * n_tiles + t]
+            count = offsets[b * n_tiles + t + 1] - start
+            if count == 0:
                 continue
-            y0 = (t // tiles_x) * tile
-            x0 = (t % tiles_x) * tile
-            for py in range(y0, min(y0 + tile, height)):
-                for px in range(x0, min(x0 + tile, width)):
-                    count = 0
-                    for e in range(lo, hi):
-                        i = order[e]
-                        p = proj[b, i]
-                        dx = np.float32(px) + np.float32(0.5) - p[0]
-                        dy = np.float32(py) + np.float32(0.5) - p[1]
-                        w, _, _ = splat_weight(dx, dy, p[2], p[3], p[4], qcut)
-                        if w > 0:
-                            weights[count] = w
-                            index[count] = i
-                            count += 1
-                    for a in range(count):
-                        ia = index[a]
-                        wa = weights[a]
-                        for c in range(3):
-                            rhs[b, ia, c] += wa * target[b, py, px, c]
-                        gram[b, ia, ia] += wa * wa
-                        for k in range(a + 1, count):
-                            ww = wa * weights[k]
-                            gram[b, ia, index[k]] += ww
-                            gram[b, index[k], ia] += ww
+            ty = t // tiles_x
+            x0 = (t - ty * tiles_x) * tile
+            y0 = ty * tile
+            rows = min(tile, height - y0)
+            cols = min(tile, width - x0)
+            for ly in range(tile):
+                for lx in range(tile):
+                    pxs[ly * tile + lx] = np.float32(x0 + lx) + HALF
+                    pys[ly * tile + lx] = np.float32(y0 + ly) + HALF
+            planes[:] = ZERO
+            for c in range(3):
+                for ly in range(rows):
+                    planes[c, ly * tile : ly * tile + cols] = target[b, c, y0 + ly, x0 : x0 + cols]
+            for j in range(count):
+                i = order[start + j]
+                mx, my = proj[b, i, 0], proj[b, i, 1]
+                i11, l21, i22 = proj[b, i, 2], proj[b, i, 3], proj[b, i, 4]
+                lo = (max(box[b, i, 2], y0) - y0) * tile
+                hi = (min(box[b, i, 3], y0 + rows - 1) - y0 + 1) * tile
+                span[j, 0] = lo
+                span[j, 1] = hi
+                row = weights[j]
+                sr = sg = sb = ZERO
+                for p in range(np.uint64(lo), np.uint64(hi)):
+                    z1 = (pxs[p] - mx) * i11
+                    z2 = ((pys[p] - my) - l21 * z1) * i22
+                    nu = -(z1 * z1) - z2 * z2
+                    w = exp2_8(nu) if nu >= nucut else ZERO
+                    row[p] = w
+                    sr += w * planes[0, p]
+                    sg += w * planes[1, p]
+                    sb += w * planes[2, p]
+                if cols < tile:  # pixels beyond the image's right edge weigh nothing
+                    for ly in range(lo // tile, hi // tile):
+                        row[ly * tile + cols : (ly + 1) * tile] = ZERO
+                        # the sums above took them with a zero target: nothing to undo
+                rhs[b, i, 0] += sr
+                rhs[b, i, 1] += sg
+                rhs[b, i, 2] += sb
+            for j in range(count):
+                i = order[start + j]
+                wj = weights[j]
+                for k in range(j, count):
+                    m = order[start + k]
+                    if box[b, m, 0] > box[b, i, 1] or box[b, i, 0] > box[b, m, 1]:
+                        continue  # footprints apart along x
+                    lo = max(span[j, 0], span[k, 0])
+                    hi = min(span[j, 1], span[k, 1])
+                    if lo >= hi:
+                        continue
+                    wk = weights[k]
+                    s = ZERO
+                    for p in range(np.uint64(lo), np.uint64(hi)):
+                        s += wj[p] * wk[p]
+                    gram[b, i, m] += s
+                    if m != i:
+                        gram[b, m, i] += s

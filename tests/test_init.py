@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 
+from streamfit.fit.backends.cpu import CpuBackend
 from streamfit.fit.init import (
     adaptive_init,
+    adaptive_layout,
     detail_density,
     equal_mass_boxes,
     grid_layout,
@@ -150,6 +152,39 @@ def test_adaptive_init_on_flat_and_tiny_images():
     assert torch.isfinite(tiny).all()
     with pytest.raises(ValueError, match="more splats than pixels"):
         adaptive_init(torch.rand(1, 2, 2, 3), 5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "n", "h", "w"),
+    [
+        ("photo", 400, 64, 80),
+        ("photo", 37, 40, 56),
+        ("photo", 1, 9, 7),
+        ("photo", 63, 7, 9),  # one splat per pixel
+        ("photo", 12, 3, 40),  # a strip: cuts along one axis only
+        ("flat", 6, 20, 30),
+        ("noise", 50, 16, 16),
+    ],
+)
+def test_cpu_layout_kernel_matches_the_reference(kind, n, h, w):
+    """The cpu backend's compiled adaptive layout against the torch reference: the same
+    cells and colours to float64 rounding; the covariances of nearly flat cells carry the
+    summed-area tables' rounding (different summation orders), hence 1e-6."""
+    if kind == "photo":
+        images = _photo_like(2, h, w)
+    elif kind == "flat":
+        images = torch.full((2, h, w, 3), 0.4)
+    else:
+        images = torch.rand(2, h, w, 3, generator=torch.Generator().manual_seed(n))
+    settings = (0.9, 1.4, 1.0, 0.5)  # detail, detail power, scale, anisotropy
+    expected = adaptive_layout(images, n, *settings)
+    got = CpuBackend().adaptive_layout(images, n, *settings)
+    assert got.dtype == torch.float64
+    cells = [0, 1, 5, 6, 7]
+    torch.testing.assert_close(got[..., cells], expected[..., cells], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="more splats than pixels"):
+        CpuBackend().adaptive_layout(images, h * w + 1, *settings)
 
 
 def test_paper_init_is_structured_without_overlap_correction():

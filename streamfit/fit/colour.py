@@ -24,24 +24,23 @@ def solve_colours(
     positive definite even when splats coincide, lie outside the image or are masked (their
     rows are zero: they keep ``current``). An image whose system is not finite, or whose
     factorisation fails anyway, keeps ``current``: the solve never produces NaN.
+
+    A float32 ``gram`` is overwritten (the ridge is added to its diagonal in place: the
+    matrices are the largest tensors of a fit, so no copy is made).
     """
     if ridge <= 0.0:
         raise ValueError(f"the colour solve needs ridge > 0, got {ridge}")
     # float32 is enough: the ridge bounds the condition number near 1 / ridge times the
     # splats overlapping a pixel, and it factorises ~5x faster than float64 on a CPU
     g = gram.to(torch.float32)
-    b = rhs.to(torch.float32)
-    c0 = current.to(torch.float32)
-    n = g.shape[-1]
-    finite = torch.isfinite(g).flatten(1).all(1) & torch.isfinite(b).flatten(1).all(1)
-    finite &= torch.isfinite(c0).flatten(1).all(1)
-    eye = torch.eye(n, dtype=g.dtype, device=g.device)
-    g = torch.where(finite[:, None, None], g, eye)
-    lam = ridge * g.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-6)
-    c0 = torch.where(finite[:, None, None], c0, torch.zeros_like(c0))
-    factor, info = torch.linalg.cholesky_ex(g + lam[:, None, None] * eye)
-    solved = torch.cholesky_solve(b + lam[:, None, None] * c0, factor)
-    ok = finite & (info == 0) & torch.isfinite(solved).flatten(1).all(1)
+    diagonal = g.diagonal(dim1=1, dim2=2)
+    lam = ridge * diagonal.mean(1).clamp_min(1e-6)
+    diagonal.add_(lam[:, None])
+    # a non-finite system gives a non-finite factor or solution, caught below: no check of
+    # the whole [B, N, N] tensor, no host sync
+    factor, info = torch.linalg.cholesky_ex(g)
+    solved = torch.cholesky_solve(rhs.to(torch.float32) + lam[:, None, None] * current, factor)
+    ok = (info == 0) & torch.isfinite(solved).flatten(1).all(1)
     return torch.where(ok[:, None, None], solved, current.to(torch.float32)).to(current.dtype)
 
 
@@ -58,13 +57,16 @@ def exact_colours(
     The dense ``[B, N, N]`` Gram matrices are built and solved a chunk of images at a time,
     so memory stays near :data:`GRAM_BYTES` at any batch size and splat count.
     """
-    n = params.shape[1]
+    batch, n = params.shape[:2]
     step = max(1, GRAM_BYTES // max(1, 4 * n * n))
-    for lo in range(0, params.shape[0], step):
+    for lo in range(0, batch, step):
+        # the whole batch passes the caller's tensors themselves, so a backend's per-target
+        # caches (the cpu backend's colour planes) stay valid; a part is a view of them
         part = slice(lo, lo + step)
-        gram, rhs = backend.colour_system(params[part], mask[part], target[part])
-        current = params[part, :, COLOR]
-        solved = solve_colours(gram, rhs.to(current.device), current, ridge)
-        params[part, :, COLOR] = torch.where(
-            mask[part, :, None], solved.to(current.device), current
+        p, m, t = (
+            (params, mask, target) if step >= batch else (params[part], mask[part], target[part])
         )
+        gram, rhs = backend.colour_system(p, m, t)
+        current = p[..., COLOR]
+        solved = solve_colours(gram, rhs.to(current.device), current, ridge)
+        p[..., COLOR] = torch.where(m[..., None], solved.to(current.device), current)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 # Version of the fitting method: bumped whenever the code (not the settings) changes what a fit
 # produces, so splats cached by an older method are never served as current.
-FIT_VERSION = 2
+FIT_VERSION = 3  # 3: equal-mass cut fractions in float64, flat cells isotropic
 
 # Settings that only change how fast a fit runs, never what it produces: excluded from the hash
 # so the splat cache stays valid across backends and batch sizes.

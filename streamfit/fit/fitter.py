@@ -64,8 +64,11 @@ def luminance(colors: torch.Tensor) -> torch.Tensor:
     return magnitude[..., 0] * LUMA[0] + magnitude[..., 1] * LUMA[1] + magnitude[..., 2] * LUMA[2]
 
 
-def initial_params(images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
-    """``[B, N, 8]`` starting parameters for ``images [B, H, W, 3]`` as ``cfg.init`` says."""
+def initial_params(
+    images: torch.Tensor, cfg: FitConfig, backend: FitBackend | None = None
+) -> torch.Tensor:
+    """``[B, N, 8]`` starting parameters for ``images [B, H, W, 3]`` as ``cfg.init`` says
+    (``backend``: whose kernel computes the adaptive layout; default the reference)."""
     if cfg.init == "adaptive":
         return adaptive_init(
             images,
@@ -75,6 +78,7 @@ def initial_params(images: torch.Tensor, cfg: FitConfig) -> torch.Tensor:
             cfg.init_anisotropy,
             normalize_color=cfg.colour_solve not in ("init", "init+final"),
             detail_power=cfg.init_detail_power,
+            layout=backend.adaptive_layout if backend is not None else None,
         )
     if cfg.init == "structured":
         return structured_init(images, cfg.gaussians, cfg.init_normalize_color)
@@ -119,10 +123,12 @@ def fit(
     batch, height, width, _ = images.shape
     check_splat_count(cfg.gaussians, height, width)
     target = images.to(backend.device, torch.float32).contiguous()
-    finite = torch.isfinite(target).flatten(1).all(1)
+    # a sum is finite exactly when every pixel is (or the image's values overflow float32,
+    # bad input too): ~30x cheaper than an elementwise check of the whole batch
+    finite = torch.isfinite(target.sum((1, 2, 3)))
     target = torch.where(finite[:, None, None, None], target, torch.zeros_like(target))
 
-    params = initial_params(target, cfg).contiguous()
+    params = initial_params(target, cfg, backend).contiguous()
     failed = ~finite
     mask = finite[:, None].expand(batch, cfg.gaussians).contiguous()
     if cfg.colour_solve in ("init", "init+final"):

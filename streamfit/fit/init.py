@@ -4,11 +4,16 @@ initialisation (overlap-normalised, or exactly as the paper has it) and a random
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from streamfit.render import Q_CUTOFF, cholesky_factors
 from streamfit.splats import PARAMS_PER_SPLAT
+
+# mean squared gradient (summed over channels) below which a cell counts as flat: a 1/255 step
+# between neighbours gives ~4e-6, the summed-area tables' rounding ~1e-13
+FLAT_ENERGY = 1e-9
 
 
 def check_splat_count(n: int, height: int, width: int) -> None:
@@ -246,7 +251,9 @@ def equal_mass_boxes(density: torch.Tensor, n: int) -> torch.Tensor:
     while max(counts) > 1:
         split = torch.tensor([k > 1 for k in counts], device=density.device)
         # a box of one cell is "cut" at its far edge: its first half is the whole box
-        fraction = torch.tensor([(k // 2) / k if k > 1 else 1.0 for k in counts])
+        fraction = torch.tensor(
+            [(k // 2) / k if k > 1 else 1.0 for k in counts], dtype=torch.float64
+        )
         fraction = fraction.to(sat).expand(b, -1)
         wide = (boxes[..., 2] - boxes[..., 0]) >= (boxes[..., 3] - boxes[..., 1])
         cut = torch.where(
@@ -272,6 +279,7 @@ def adaptive_init(
     anisotropy: float = 0.5,
     normalize_color: bool = True,
     detail_power: float = 1.4,
+    layout: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Content-adaptive initialisation: splats where the detail is, shaped like it.
 
@@ -284,7 +292,26 @@ def adaptive_init(
     ``normalize_color`` divided by the summed weight of the splats at the centre (skip that
     when the exact colour solve replaces them anyway). ``images [B, H, W, 3]`` ->
     ``[B, n, 8]`` on the same device. Deterministic.
+
+    ``layout`` computes the splats before normalisation (same arguments and result as
+    :func:`adaptive_layout`, the reference): a backend's kernel.
     """
+    params = (layout or adaptive_layout)(images, n, detail, detail_power, scale, anisotropy)
+    if normalize_color:
+        params[..., 5:8] /= _coverage(params)[..., None]
+    return params.to(images.dtype)
+
+
+def adaptive_layout(
+    images: torch.Tensor,
+    n: int,
+    detail: float,
+    detail_power: float,
+    scale: float,
+    anisotropy: float,
+) -> torch.Tensor:
+    """The reference of :func:`adaptive_init` without the colour normalisation: ``[B, n, 8]``
+    float64 on the images' device, colours the cells' plain mean colours."""
     b, height, width, _ = images.shape
     boxes = equal_mass_boxes(detail_density(images, detail, detail_power), n)
     gx, gy = _gradients(images)
@@ -292,7 +319,8 @@ def adaptive_init(
     jxx, jxy, jyy = _box_means(tensor, boxes).unbind(-1)
     half = (jxx - jyy) / 2
     root = torch.sqrt(half * half + jxy * jxy)
-    coherence = 2 * root / (jxx + jyy).clamp_min(1e-12)
+    # below FLAT_ENERGY the cell is flat: its tensor is rounding noise, and so its coherence
+    coherence = 2 * root / (jxx + jyy).clamp_min(FLAT_ENERGY)
     theta = 0.5 * torch.atan2(2 * jxy, jxx - jyy)  # the gradient's direction
     # the cell's axis-aligned covariance, stretched by S = R diag(1/k, k) R^T (R: gradient,
     # edge directions): S C S keeps the area and lengthens the splat along the edge
@@ -315,9 +343,7 @@ def adaptive_init(
     params[..., 3] = l21
     params[..., 4] = 0.5 * (syy - l21 * l21).clamp_min(1e-6).log()
     params[..., 5:8] = _box_means(images, boxes)
-    if normalize_color:
-        params[..., 5:8] /= _coverage(params)[..., None]
-    return params.to(images.dtype)
+    return params
 
 
 def _coverage(params: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,10 @@ import numba
 import numpy as np
 import torch
 
-from cuda_kernels import colour_cpu
+from cuda_kernels import colour_cpu, init_cpu
 from cuda_kernels import cpu as kernels
 from streamfit.fit.backends.base import FitBackend, check_target
-from streamfit.fit.backends.tiles import tile_lists
+from streamfit.fit.init import FLAT_ENERGY, check_splat_count
 from streamfit.render import Q_CUTOFF
 
 DEFAULT_TILE = 16
@@ -215,23 +215,43 @@ class CpuBackend(FitBackend):
         )
 
     @torch.no_grad()
+    def adaptive_layout(
+        self,
+        images: torch.Tensor,
+        n: int,
+        detail: float,
+        detail_power: float,
+        scale: float,
+        anisotropy: float,
+    ) -> torch.Tensor:
+        """The adaptive layout by the kernel of :mod:`cuda_kernels.init_cpu`."""
+        check_splat_count(n, images.shape[1], images.shape[2])
+        params = np.zeros((images.shape[0], n, 8), np.float64)
+        init_cpu.adaptive_init(
+            _view(images), detail, detail_power, scale, anisotropy, FLAT_ENERGY, params
+        )
+        return torch.from_numpy(params)
+
+    @torch.no_grad()
     def colour_system(
         self, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The colour normal equations by the tile kernel of :mod:`cuda_kernels.colour_cpu`."""
         height, width = check_target(params, target)
-        proj, offsets, order = tile_lists(params, mask, height, width, self.tile)
+        proj, box, _, (tiles_x, tiles_y) = self._project(params, mask, height, width)
+        offsets, order = kernels.bin_tiles(box, self.tile, tiles_x, tiles_y)
         n_img, n_spl = mask.shape
-        gram = torch.zeros(n_img, n_spl, n_spl, dtype=torch.float32)
-        rhs = torch.zeros(n_img, n_spl, 3, dtype=torch.float32)
+        gram = torch.empty(n_img, n_spl, n_spl, dtype=torch.float32)
+        rhs = torch.empty(n_img, n_spl, 3, dtype=torch.float32)
         colour_cpu.gram_tiles(
-            proj.numpy(),
-            offsets.numpy(),
-            order.numpy(),
-            _view(target),
+            proj,
+            box,
+            offsets,
+            order,
+            self._planes(target),
             self.tile,
-            math.ceil(width / self.tile),
-            math.ceil(height / self.tile),
+            tiles_x,
+            tiles_y,
             self.qcut,
             gram.numpy(),
             rhs.numpy(),
