@@ -1,6 +1,13 @@
 """CUDA kernel of the colour stage: the normal equations ``(W^T W) c = W^T t`` of the best
-colours for fixed splat geometry, accumulated over the per-tile splat lists. Mirrors
-:mod:`cuda_kernels.colour_cpu` (same name, same arguments; see there for shapes).
+colours for fixed splat geometry, accumulated over the per-tile splat lists of
+:func:`streamfit.fit.backends.tiles.tile_lists`. The same sums as :mod:`cuda_kernels.colour_cpu`,
+one pixel at a time.
+
+Arguments (``B`` images, ``N`` splats, ``T = tiles_x * tiles_y`` tiles, ``E`` list entries):
+``proj [B, N, 8]`` float32 projected splats (x, y, i11, l21, i22, then unused colour),
+``offsets [B * T + 1]`` int64 and ``order [E]`` int32 the tile lists (splat indices ascending
+within a tile), ``target [B, H, W, 3]`` float32, outputs ``gram [B, N, N]`` and
+``rhs [B, N, 3]`` float32, zero-filled by the caller.
 
 Launch ``gram_tiles[B * T, threads]``: one block per (image, tile); its threads stride over the
 tile's list entries, and the thread of entry ``a`` adds splat ``a``'s row of the Gram and its

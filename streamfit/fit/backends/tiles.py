@@ -1,8 +1,8 @@
-"""Per-tile splat lists built with torch ops on any device: the input of the colour stage
-(:mod:`cuda_kernels.colour_cpu`, :mod:`cuda_kernels.colour_gpu`), so both backends feed their
-kernel the very same lists.
+"""Per-tile splat lists built with torch ops on the GPU: the input of the CUDA colour stage
+(:mod:`cuda_kernels.colour_gpu`; the cpu backend's colour kernel reads its raster kernels'
+lists instead).
 
-The boxes are slightly wider than the kernels' footprint boxes; the colour kernels test the
+The boxes are slightly wider than the kernels' footprint boxes; the colour kernel tests the
 cut-off at every pixel, so a wider box only lists a splat in a tile it may not touch.
 """
 
