@@ -22,9 +22,15 @@ class ConfigError(ValueError):
 
 
 def load_config(
-    schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()
+    schema: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    section: str | None = None,
 ) -> T:
     """Build a ``schema`` instance from defaults, then a YAML file, then ``key=value`` overrides.
+
+    ``section``: read only that top-level entry of the file (one part of a saved run's
+    config, e.g. its ``data``, read by a tool that does not know the recipe's whole tree).
 
     Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key.
     The result is a plain dataclass instance (validated by its ``__post_init__``).
@@ -35,7 +41,10 @@ def load_config(
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
+            if section is not None:
+                loaded = loaded.get(section) or {}
+            merged = OmegaConf.merge(merged, loaded)
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")

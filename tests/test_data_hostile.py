@@ -496,7 +496,7 @@ def test_drop_last_is_counted_and_one_rank_of_several_only_warns(tmp_path: Path,
 
 
 def test_eval_shards_skip_damage_and_bad_labels(tmp_path: Path) -> None:
-    from streamfit.train.labelled import iter_labelled
+    from streamfit.eval.labelled import iter_labelled
 
     good = write_tar(
         tmp_path / "val-0.tar",

@@ -4,9 +4,12 @@ images; tools/zeroshot_eval.py end to end on an RGB model and a GS checkpoint's 
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -148,3 +151,20 @@ def test_class_lists_and_templates(tmp_path):
     templates.write_text("no placeholder\n")
     with pytest.raises(ValueError, match="need a"):
         load_templates(str(templates))
+
+
+def test_the_tool_evaluates_without_the_training_package():
+    # evaluation is a library below training: the tool must load without streamfit.train
+    path = REPO / "tools" / "zeroshot_eval.py"
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('zeroshot_eval', {str(path)!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('streamfit.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    loaded = ast.literal_eval(out.stdout)
+    assert "streamfit.eval.evaluate" in loaded
+    assert not [m for m in loaded if m.startswith("streamfit.train")]

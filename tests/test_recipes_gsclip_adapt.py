@@ -1,6 +1,7 @@
 """Integration tests of ``recipes/gsclip_adapt.py``: the real entry point in a subprocess with
 a tiny config. Resume equivalence (N steps straight == N/2, stop, resume, N/2), the atomic
-checkpoint layout, the summary, and the loader state (no sample twice, none missed)."""
+checkpoint layout, the summary, and the loader state (no sample twice, none missed); a
+teacher pre-trained first, with a validation split choosing both stages' models."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from streamfit.data.synthetic import write_synthetic_dataset
+from streamfit.data.synthetic import write_split, write_synthetic_dataset
 from streamfit.models import load_teacher
 from streamfit.train.checkpoint import save_weights
 
@@ -135,3 +136,46 @@ def test_resume_gives_the_same_parameters_as_a_straight_run(tiny):
     }
     assert not list(ckpts.glob(".tmp-*"))
     assert str(tiny["root"] / "runs" / "resumed" / "summary.json") in second.stdout.splitlines()[-1]
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_validation_split_chooses_the_models_and_the_held_out_split_measures_them(tiny):
+    root = tiny["root"]
+    val = write_split(root / "data", "val", 16, 16, 8, seed=1)
+    config = yaml.safe_load(tiny["config"].read_text())
+    teacher = {
+        "run": {"name": "unused"},
+        "data": {k: v for k, v in config["data"].items() if k != "cache_dir"},
+        "model": {k: config["model"][k] for k in ("model_name", "model_kwargs")},
+        "train": {**config["train"], "epochs": 3},
+        "eval": {**config["eval"], "val_data": val},
+    }
+    teacher_path = root / "teacher.yaml"
+    teacher_path.write_text(yaml.safe_dump(teacher))
+    run = run_recipe(
+        tiny["config"],
+        "run.name=val",
+        "model.pretrained=null",
+        f"teacher_config={teacher_path}",
+        f"eval.val_data={val}",
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run_dir = root / "runs" / "val"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for stage_dir, prefix in ((run_dir / "teacher", "rgb"), (run_dir, "gs")):
+        records = _records(stage_dir)
+        chose = [r for r in records if r["kind"] == "val"]
+        measured = [r for r in records if r["kind"] == "heldout"]
+        # every epoch evaluated on the validation split, the held-out split once, at the end
+        assert len(chose) == (3 if prefix == "rgb" else 2) and len(measured) == 1
+        assert not [r for r in records if r["kind"] == "eval"]
+        assert summary[f"{prefix}_val_top1"] == max(r["top1"] for r in chose)
+        assert summary[f"{prefix}_top1"] == measured[0]["top1"]
+        assert summary[f"{prefix}_top5"] == measured[0]["top5"]
+        assert (stage_dir / "best_model.pt").is_file()
+    assert summary["teacher"] == str(run_dir / "teacher" / "best_model.pt")
+    assert "validation top-1, RGB teacher" in run.stdout
+    assert "zero-shot top-5, RGB teacher" in run.stdout

@@ -297,6 +297,7 @@ def measure_demo_rates(tmp: str, fit_json: Path | None) -> tuple[Rates, float]:
     from streamfit.config import load_config, to_yaml
     from streamfit.data import build_loader
     from streamfit.data.decode import Decoder
+    from streamfit.eval import zero_shot, zero_shot_setup
     from streamfit.fit import fit, get_backend
     from streamfit.models import build_gs_clip
     from streamfit.train.checkpoint import save_checkpoint
@@ -304,7 +305,6 @@ def measure_demo_rates(tmp: str, fit_json: Path | None) -> tuple[Rates, float]:
     from streamfit.train.distributed import init_distributed
     from streamfit.train.engine import build_engine
     from streamfit.train.loss import contrastive_loss
-    from streamfit.train.run import zero_shot, zero_shot_setup
 
     # torch's intra-op threads, read before the Numba kernels first run: in this process
     # they share one OpenMP runtime, and torch was seen training on 1 thread after them

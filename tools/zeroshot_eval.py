@@ -27,12 +27,17 @@ from open_clip.model import get_model_preprocess_cfg
 
 from streamfit.config import load_config
 from streamfit.data import DataConfig
-from streamfit.fit import get_backend
-from streamfit.models import build_gs_clip, load_teacher
-from streamfit.report import write_json
-from streamfit.train.checkpoint import LATEST
-from streamfit.train.config import AdaptConfig, EvalConfig, RGBPretrainConfig
-from streamfit.train.run import setup_logging, zero_shot, zero_shot_setup
+from streamfit.eval import EvalConfig, zero_shot, zero_shot_setup
+from streamfit.eval.weights import locate_weights, read_weights
+from streamfit.fit import FitConfig, get_backend
+from streamfit.models import (
+    GSModelConfig,
+    RGBModelConfig,
+    build_gs_clip,
+    load_teacher,
+    rgb_normaliser,
+)
+from streamfit.report import setup_logging, write_json
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -55,9 +60,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, AdaptConfig | None]:
-    """(model in eval mode on the CPU, the data settings to decode with, the GS config or
-    None for RGB models)."""
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, FitConfig | None]:
+    """(model in eval mode on the CPU, the data settings to decode with, the fitting settings
+    of a GS model or None for RGB models)."""
     if args.model:
         model = load_teacher(args.model, args.pretrained, **json.loads(args.model_kwargs))
         size = get_model_preprocess_cfg(model)["size"]
@@ -67,41 +72,23 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, A
             context_length=model.context_length,
         )
         return model.eval(), data, None
-    config_path, weights = _locate(Path(args.run or args.checkpoint), bool(args.run))
-    is_gs = "fit" in yaml.safe_load(config_path.read_text())
-    if is_gs:
-        cfg = load_config(AdaptConfig, config_path)
-        model = build_gs_clip(replace(cfg.model, pretrained=None, from_scratch=False))
-        data = cfg.data
+    try:
+        config_path, weights = locate_weights(Path(args.run or args.checkpoint), bool(args.run))
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
+    # the run's own settings, section by section (the recipe's whole tree is training's)
+    data = load_config(DataConfig, config_path, section="data")
+    fit_cfg = None
+    if "fit" in yaml.safe_load(config_path.read_text()):
+        gs = load_config(GSModelConfig, config_path, section="model")
+        model = build_gs_clip(replace(gs, pretrained=None, from_scratch=False))
+        fit_cfg = load_config(FitConfig, config_path, section="fit")
     else:
-        rgb = load_config(RGBPretrainConfig, config_path)
-        model = load_teacher(rgb.model.model_name, None, **rgb.model.model_kwargs)
-        data, cfg = rgb.data, None
-    state = _read_weights(weights)
+        rgb = load_config(RGBModelConfig, config_path, section="model")
+        model = load_teacher(rgb.model_name, None, **rgb.model_kwargs)
+    state = read_weights(weights)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return model.eval(), data, cfg
-
-
-def _locate(path: Path, is_run: bool) -> tuple[Path, Path]:
-    """(config.yaml, weights: a state-dict file or a DeepSpeed checkpoint directory)."""
-    if is_run:
-        if (path / "best_model.pt").is_file():
-            return path / "config.yaml", path / "best_model.pt"
-        latest = path / "checkpoints" / LATEST
-        if not latest.is_file():
-            sys.exit(f"error: --run {path}: no best_model.pt and no checkpoints/{LATEST}")
-        path = path / "checkpoints" / latest.read_text().strip()
-    if not (path / "config.yaml").is_file():
-        sys.exit(f"error: {path} has no config.yaml (not a streamfit run or checkpoint)")
-    return path / "config.yaml", path
-
-
-def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
-    if weights.is_dir():
-        # DeepSpeed's model states: pickled by DeepSpeed itself, not a plain tensor file
-        states = torch.load(weights / "mp_rank_00_model_states.pt", weights_only=False)
-        return states["module"]
-    return torch.load(weights, weights_only=True)
+    return model.eval(), data, fit_cfg
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,31 +97,29 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    model, data_cfg, gs_cfg = load_model(args)
+    model, data_cfg, gs_fit = load_model(args)
     model.to(device)
     if args.cache_dir is not None:
         data_cfg = replace(data_cfg, cache_dir=args.cache_dir)
     setup = zero_shot_setup(
         EvalConfig(args.data, args.classnames, args.templates, args.batch_size, args.max_samples)
     )
-    if gs_cfg is not None:
+    if gs_fit is not None:
 
         def encode(batch):
             return model.encode_splats(batch.splats, normalize=True)
 
-        fit_cfg = replace(gs_cfg.fit, device=str(device))
+        fit_cfg = replace(gs_fit, device=str(device))
         backend = get_backend(fit_cfg.backend, str(device))
     else:
-        pre = get_model_preprocess_cfg(model)
-        mean = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1)
-        std = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1)
+        normalise = rgb_normaliser(model)
 
         def encode(batch):
-            return model.encode_image((batch.rgb - mean) / std, normalize=True)
+            return model.encode_image(normalise(batch.rgb), normalize=True)
 
         fit_cfg = backend = None
     result, extras = zero_shot(model, encode, setup, data_cfg, device, 0, 1, fit_cfg, backend)
-    out = {**result.to_dict(), **extras, "model": "gs" if gs_cfg else "rgb", "data": args.data}
+    out = {**result.to_dict(), **extras, "model": "gs" if gs_fit else "rgb", "data": args.data}
     rows = [
         ("top-1", f"{100 * result.top1:.2f}%"),
         ("top-5", f"{100 * result.top5:.2f}%"),

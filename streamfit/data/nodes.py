@@ -15,8 +15,9 @@ from torchdata.nodes import BaseNode
 
 from streamfit.data.cache import SplatCache
 from streamfit.data.decode import Decoded, Decoder, Skipped
+from streamfit.data.fetch import fetch_or_fit
 from streamfit.data.stats import LoaderStats
-from streamfit.fit import FitBackend, FitConfig, fit
+from streamfit.fit import FitBackend, FitConfig
 from streamfit.splats import Splats, unpack_params
 
 logger = logging.getLogger("streamfit.data")
@@ -132,53 +133,42 @@ class FitNode(BaseNode[dict]):
             if batch is not None:
                 return batch
 
+    def _image(self, sample: Decoded) -> np.ndarray | None:
+        """The sample's pixels; decoded here when the decode worker left them out (the cache
+        held its splats then, but evicted them before this lookup)."""
+        if sample.image is None:
+            try:
+                sample.image = self.decoder.decode_image(sample.encoded or b"")
+            except (OSError, ValueError, SyntaxError) as err:
+                self.stats.skip("decode_error", sample.shard, sample.key, str(err))
+        return sample.image
+
     def _fit_batch(self, samples: list[Decoded], waited: float) -> dict | None:
         start = time.perf_counter()
-        ids = [s.cache_id for s in samples]
-        blobs: list[bytes | None] = [s.splats for s in samples]
-        lookup = [i for i, s in enumerate(samples) if s.splats is None]
-        if self.cache is not None and lookup:
-            # a cache that cannot be read costs fitting time, never the run
-            found = self.cache.lookup([ids[i] for i in lookup], self.settings)
-            for i, blob in zip(lookup, found, strict=True):
-                blobs[i] = blob
-        misses = [i for i in lookup if blobs[i] is None]
-        hits = len(lookup) - len(misses)
+        got = fetch_or_fit(
+            [s.cache_id for s in samples],
+            [s.splats for s in samples],
+            lambda i: self._image(samples[i]),
+            self.cache,
+            self.settings,
+            self.fit_cfg if self.fit_misses else None,
+            self.backend,
+        )
+        blobs, hits, fitted = got.blobs, got.hits, len(got.fitted)
         if not self.fit_misses:
-            for i in misses:
+            for i in got.misses:
                 self.stats.skip("not_cached", samples[i].shard, samples[i].key)
-        if self.fit_misses:
-            # evicted between the decode worker's probe and this lookup: decode here
-            for i in [i for i in misses if samples[i].image is None]:
-                try:
-                    samples[i].image = self.decoder.decode_image(samples[i].encoded or b"")
-                except (OSError, ValueError, SyntaxError) as err:
-                    self.stats.skip("decode_error", samples[i].shard, samples[i].key, str(err))
-            misses = [i for i in misses if samples[i].image is not None]
-        fitted = len(misses) if self.fit_misses else 0
-        psnr = float("nan")
-        if fitted:
-            images = torch.from_numpy(np.stack([samples[i].image for i in misses]))
-            result = fit(images.float().div_(255.0), self.fit_cfg, self.backend)
-            ok = result.ok
-            fresh: list[tuple[str, bytes]] = []
-            for j, i in enumerate(misses):
-                blob = result.splats.pack(j) if ok[j] else b""
-                if ok[j] and np.isfinite(np.frombuffer(blob, dtype="<f2")).all():
-                    blobs[i] = blob
-                    fresh.append((ids[i], blob))
-                else:
-                    s = samples[i]
-                    self.stats.skip("fit_failed", s.shard, s.key, "non-finite splats")
-            if self.cache is not None and fresh:
-                self.stats.add(cache_evictions=self.cache.store(fresh, self.settings))
-            psnr = float(result.psnr[ok].mean()) if bool(ok.any()) else float("nan")
+        for i in got.failed:
+            self.stats.skip("fit_failed", samples[i].shard, samples[i].key, "non-finite splats")
+        if got.evictions:
+            self.stats.add(cache_evictions=got.evictions)
+        psnr = got.psnr
         keep = [i for i, b in enumerate(blobs) if b is not None]
         fit_seconds = time.perf_counter() - start
         self.stats.add(
-            cache_hits=hits if self.cache is not None else 0,
-            cache_misses=len(misses),
-            precomputed=len(samples) - len(lookup),
+            cache_hits=hits,
+            cache_misses=fitted if self.fit_misses else len(got.misses),
+            precomputed=sum(s.splats is not None for s in samples),
             fit_seconds=fit_seconds,
             data_wait_seconds=waited,
         )

@@ -1,6 +1,11 @@
-"""Zero-shot classification of CLIP-style models (RGB or GS): class lists and templates,
-the text classifier, top-k and per-class accuracy."""
+"""Evaluation as a library: labelled splits (ImageFolder or shards), zero-shot classification
+of CLIP-style models (RGB or GS: class lists and templates, the text classifier, top-k and
+per-class accuracy), and the evaluation run over a split that training and
+``tools/zeroshot_eval.py`` both call."""
 
+from streamfit.eval.config import EvalConfig
+from streamfit.eval.evaluate import ZeroShotSetup, zero_shot, zero_shot_setup
+from streamfit.eval.labelled import LabelledBatch, LabelledLoader, iter_labelled
 from streamfit.eval.zeroshot import (
     ZeroShotResult,
     ZeroShotTally,
@@ -10,9 +15,16 @@ from streamfit.eval.zeroshot import (
 )
 
 __all__ = [
+    "EvalConfig",
+    "LabelledBatch",
+    "LabelledLoader",
     "ZeroShotResult",
+    "ZeroShotSetup",
     "ZeroShotTally",
     "build_classifier",
+    "iter_labelled",
     "load_classnames",
     "load_templates",
+    "zero_shot",
+    "zero_shot_setup",
 ]

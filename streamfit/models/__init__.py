@@ -4,7 +4,7 @@ Models see splat tensors only (``[B, N, 8]`` parameters + ``[B, N]`` mask); they
 data or fitting code.
 """
 
-from streamfit.models.config import GSModelConfig
+from streamfit.models.config import GSModelConfig, RGBModelConfig
 from streamfit.models.gs_clip import (
     GSCLIP,
     PART_GROUP,
@@ -15,11 +15,12 @@ from streamfit.models.gs_clip import (
 )
 from streamfit.models.resampler import PerceiverResampler, masked_mean
 from streamfit.models.stem import GSStem, num_splat_features, splat_features
-from streamfit.models.teacher import load_teacher
+from streamfit.models.teacher import load_teacher, rgb_normaliser
 
 __all__ = [
     "GSCLIP",
     "GSModelConfig",
+    "RGBModelConfig",
     "GSStem",
     "GSVisionEncoder",
     "PART_GROUP",
@@ -30,5 +31,6 @@ __all__ = [
     "masked_mean",
     "num_splat_features",
     "part_of",
+    "rgb_normaliser",
     "splat_features",
 ]

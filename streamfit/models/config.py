@@ -1,4 +1,5 @@
-"""The GS-CLIP model configuration: one plain dataclass, the single source of the model's shape."""
+"""The model configurations: GS-CLIP (one plain dataclass, the single source of the model's
+shape) and the RGB CLIP it is built around."""
 
 from __future__ import annotations
 
@@ -75,3 +76,13 @@ class GSModelConfig:
             raise ValueError("unfrozen_blocks and backbone_lr_scale must be >= 0")
         if self.from_scratch and self.pretrained is not None:
             raise ValueError("from_scratch builds a random backbone; set pretrained to None")
+
+
+@dataclass
+class RGBModelConfig:
+    """An open_clip CLIP created by name, optionally with ``model_kwargs`` overrides (a small
+    ``vision_cfg``/``text_cfg``) and weights (``pretrained``: tag or local file)."""
+
+    model_name: str = "ViT-M-16"
+    pretrained: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)

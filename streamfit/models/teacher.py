@@ -1,11 +1,15 @@
-"""Building the RGB CLIP whose towers GS-CLIP reuses: open_clip weights or streamfit's own."""
+"""Building the RGB CLIP whose towers GS-CLIP reuses (open_clip weights or streamfit's own), and
+the one place its pixels are normalised."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import open_clip
+import torch
+from open_clip.model import get_model_preprocess_cfg
 from torch import nn
 
 
@@ -41,6 +45,21 @@ def load_teacher(
         require_pretrained=source is not None,
         **model_kwargs,
     )
+
+
+def rgb_normaliser(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``[B, 3, S, S]`` pixels in 0..1 -> ``model``'s image input: its own preprocessing mean
+    and std, then its parameters' dtype. Take it once the model sits on its device in its
+    training dtype (the data loaders hand out pixels unnormalised)."""
+    pre = get_model_preprocess_cfg(model)
+    param = next(model.parameters())
+    mean = torch.tensor(pre["mean"], device=param.device).view(1, 3, 1, 1)
+    std = torch.tensor(pre["std"], device=param.device).view(1, 3, 1, 1)
+
+    def normalise(rgb: torch.Tensor) -> torch.Tensor:
+        return ((rgb - mean) / std).to(param.dtype)
+
+    return normalise
 
 
 def _looks_like_path(source: str) -> bool:

@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 
 from streamfit.config import ConfigError
+from streamfit.eval.weights import LATEST
 from streamfit.train.distributed import barrier
 
 logger = logging.getLogger("streamfit.train")
 
-LATEST = "latest"
 _PREFIX = "step-"
 
 

@@ -11,13 +11,14 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from streamfit.config import ConfigError, load_config
 from streamfit.data import DataConfig
 from streamfit.data.shards import expand_shards
+from streamfit.eval.config import EvalConfig
 from streamfit.fit import FitConfig
-from streamfit.models import GSModelConfig
+from streamfit.models import GSModelConfig, RGBModelConfig
 
 T = TypeVar("T")
 
@@ -98,25 +99,6 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Zero-shot classification on a labelled split (webdataset shards with a ``.cls`` or a
-    ``.json`` ``label``, or an ImageFolder directory).
-
-    ``classnames``: ``imagenet`` (open_clip's list), a ``.txt`` file (one name a line) or a
-    ``.json`` file (a list, or an object with ``classnames`` and optionally ``templates``).
-    ``templates``: ``openai`` / ``simple`` (open_clip's ImageNet sets), a ``.txt`` file of
-    ``str.format`` patterns with ``{}``, or empty: the class file's own, else ``openai``.
-    An empty ``data`` disables evaluation.
-    """
-
-    data: str = ""
-    classnames: str = "imagenet"
-    templates: str = ""
-    batch_size: int = 128
-    max_samples: int = 0  # 0: all
-
-
-@dataclass
 class SyntheticConfig:
     """The procedural shapes dataset, written to ``dir`` when ``data.shards`` matches nothing
     and ``generate`` is on (the offline demo)."""
@@ -125,19 +107,10 @@ class SyntheticConfig:
     dir: str = "data/synthetic"
     n_train: int = 2000
     n_heldout: int = 400
+    n_val: int = 0  # validation samples (val-*.tar), drawn apart from train and held-out
     image_size: int = 64
     shard_size: int = 500
     seed: int = 0
-
-
-@dataclass
-class RGBModelConfig:
-    """An open_clip CLIP created by name, optionally with ``model_kwargs`` overrides (a small
-    ``vision_cfg``/``text_cfg``) and weights (``pretrained``: tag or local file)."""
-
-    model_name: str = "ViT-M-16"
-    pretrained: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,12 +172,16 @@ def check_inputs(cfg: RGBPretrainConfig | AdaptConfig) -> None:
     from_scratch = getattr(cfg.model, "from_scratch", False)
     if not pretrained and not from_scratch and teacher and not Path(teacher).is_file():
         raise ConfigError(f"teacher_config: file {teacher} does not exist")
-    if cfg.eval.data:
-        if not Path(cfg.eval.data).is_dir():
+    if cfg.eval.val_data and not cfg.eval.data:
+        raise ConfigError("eval.val_data: a validation split needs a held-out one (eval.data)")
+    for key in ("data", "val_data"):
+        source = getattr(cfg.eval, key)
+        if source and not Path(source).is_dir():
             try:
-                expand_shards(cfg.eval.data)
+                expand_shards(source)
             except FileNotFoundError:
-                raise ConfigError(f"eval.data: no shards match {cfg.eval.data!r}") from None
+                raise ConfigError(f"eval.{key}: no shards match {source!r}") from None
+    if cfg.eval.data:
         for key in ("classnames", "templates"):
             value = getattr(cfg.eval, key)
             if value and _is_path(value) and not Path(value).is_file():

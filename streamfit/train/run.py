@@ -1,15 +1,12 @@
 """What a recipe does around its loop: the run directory, logging and the printed and saved
-config; the synthetic demo data; sizing the schedule; the lockstep epoch iterator; zero-shot
-evaluation of the model being trained; the end-of-run summary."""
+config; the synthetic demo data; sizing the schedule; the lockstep epoch iterator."""
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +16,28 @@ from streamfit.config import ConfigError, save_config, to_yaml
 from streamfit.data import DataConfig
 from streamfit.data.shards import count_shard, expand_shards, is_local
 from streamfit.data.synthetic import write_synthetic_dataset
-from streamfit.eval import ZeroShotTally, build_classifier, load_classnames, load_templates
-from streamfit.eval.zeroshot import ZeroShotResult
-from streamfit.fit import FitBackend, FitConfig
-from streamfit.splats import BYTES_PER_SPLAT
-from streamfit.train.config import EvalConfig, RunConfig, SyntheticConfig
-from streamfit.train.distributed import all_have, all_sum, barrier
-from streamfit.train.labelled import LabelledBatch, LabelledLoader
+from streamfit.report import setup_logging
+from streamfit.train.config import (
+    AdaptConfig,
+    RGBPretrainConfig,
+    RunConfig,
+    SyntheticConfig,
+    check_inputs,
+)
+from streamfit.train.distributed import all_have, barrier, init_distributed
 
 logger = logging.getLogger("streamfit.train")
+
+
+def begin(cfg: RGBPretrainConfig | AdaptConfig) -> tuple[int, int, torch.device, Path]:
+    """A recipe's first steps: join the process group, make the run directory (printing and
+    saving the config), write the demo data when asked, and stop early on a missing input.
+    Returns (rank, world size, device, run directory)."""
+    rank, world, device = init_distributed()
+    run_dir = start_run(cfg.run, cfg, rank)
+    ensure_data(cfg.data, cfg.synthetic, rank)
+    check_inputs(cfg)
+    return rank, world, device, run_dir
 
 
 def start_run(run: RunConfig, config: Any, rank: int) -> Path:
@@ -43,19 +53,6 @@ def start_run(run: RunConfig, config: Any, rank: int) -> Path:
     return path
 
 
-def setup_logging(rank: int) -> None:
-    """Log lines to stdout with time and rank; streamfit's INFO lines on rank 0 only, and
-    other libraries' (open_clip logs every model build through the root logger) from WARNING."""
-    logging.basicConfig(
-        level=logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stdout,
-        force=True,
-    )
-    logging.getLogger("streamfit").setLevel(logging.INFO if rank == 0 else logging.WARNING)
-
-
 def ensure_data(data: DataConfig, synthetic: SyntheticConfig, rank: int) -> None:
     """Write the synthetic dataset (rank 0; others wait) when ``data.shards`` matches nothing
     and ``synthetic.generate`` is on; otherwise a pattern matching nothing stops the run,
@@ -69,6 +66,8 @@ def ensure_data(data: DataConfig, synthetic: SyntheticConfig, rank: int) -> None
     if rank == 0:
         start = time.perf_counter()
         logger.info("writing the synthetic dataset to %s", synthetic.dir)
+        # the validation split's keyword only when one is asked for
+        val = {"n_val": synthetic.n_val} if synthetic.n_val else {}
         write_synthetic_dataset(
             synthetic.dir,
             synthetic.n_train,
@@ -76,6 +75,7 @@ def ensure_data(data: DataConfig, synthetic: SyntheticConfig, rank: int) -> None
             synthetic.image_size,
             synthetic.shard_size,
             synthetic.seed,
+            **val,
         )
         logger.info("synthetic dataset written in %.1f s", time.perf_counter() - start)
     barrier()
@@ -140,82 +140,3 @@ def lockstep(loader: Any, device: torch.device) -> Iterator[tuple[dict, float]]:
                 )
             return
         yield batch, waited
-
-
-@dataclass
-class ZeroShotSetup:
-    """A labelled split, its class names and templates, resolved from :class:`EvalConfig`."""
-
-    cfg: EvalConfig
-    classnames: list[str]
-    templates: list[Callable[[str], str]]
-
-
-def zero_shot_setup(cfg: EvalConfig) -> ZeroShotSetup | None:
-    if not cfg.data:
-        return None
-    return ZeroShotSetup(
-        cfg, load_classnames(cfg.classnames), load_templates(cfg.templates, cfg.classnames)
-    )
-
-
-@torch.no_grad()
-def zero_shot(
-    model: torch.nn.Module,
-    encode: Callable[[LabelledBatch], torch.Tensor],
-    setup: ZeroShotSetup,
-    data_cfg: DataConfig,
-    device: torch.device,
-    rank: int,
-    world_size: int,
-    fit_cfg: FitConfig | None = None,
-    backend: FitBackend | None = None,
-) -> tuple[ZeroShotResult, dict[str, float]]:
-    """Zero-shot accuracy of ``model`` on ``setup``'s split, over all ranks.
-
-    ``encode(batch)`` gives ``[B, D]`` normalised image features (from ``batch.rgb`` or
-    ``batch.splats``); pass ``fit_cfg`` for GS models. Returns (result, extras: seconds,
-    splats per image and compression ratio for GS, cache hits).
-    """
-    start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    classifier = build_classifier(
-        model,
-        data_cfg.tokenizer,
-        data_cfg.context_length,
-        setup.classnames,
-        setup.templates,
-        device,
-    )
-    tally = ZeroShotTally(setup.classnames)
-    loader = LabelledLoader(
-        setup.cfg.data,
-        data_cfg,
-        setup.cfg.batch_size,
-        device,
-        fit_cfg,
-        backend,
-        rank,
-        world_size,
-        setup.cfg.max_samples,
-    )
-    # samples, splats, hits, lookups
-    counts = torch.zeros(4, dtype=torch.float64)
-    for batch in loader:
-        tally.add(encode(batch), classifier, batch.labels)
-        counts[0] += len(batch.keys)
-        if batch.splats is not None:
-            counts[1] += float(batch.splats.mask.sum())
-            counts[2] += batch.hits
-            counts[3] += batch.hits + batch.fitted
-    tally.sum_over(all_sum)
-    all_sum(counts)
-    model.train(was_training)
-    extras = {"seconds": time.perf_counter() - start}
-    if fit_cfg is not None and counts[1] > 0:
-        per_image = float(counts[1] / counts[0])
-        extras["splats_per_image"] = per_image
-        extras["compression_ratio"] = data_cfg.image_size**2 * 3 / (per_image * BYTES_PER_SPLAT)
-        extras["cache_hit_rate"] = float(counts[2] / counts[3]) if counts[3] else float("nan")
-    return tally.result(), extras

@@ -1,7 +1,9 @@
 """Labelled images for zero-shot evaluation: an ImageFolder directory (classes = sorted
 sub-directories, ImageNet's synset order) or webdataset shards whose samples carry a ``.cls``
 or a ``.json`` ``label``. Images are decoded exactly as the training loader decodes them;
-for GS models their splats come from the training run's cache, fitted (and cached) on a miss.
+for GS models their splats come from the training run's cache, fitted (and cached) on a miss
+through :func:`streamfit.data.fetch.fetch_or_fit`, the training loader's own path: a fit with
+non-finite splats is left out, counted and logged, and never cached.
 
 Each rank reads every ``world_size``-th sample, so a multi-rank evaluation covers the split
 once; the caller sums the per-class tallies over ranks.
@@ -19,6 +21,7 @@ import torch
 
 from streamfit.data import DataConfig, SplatCache, cache_settings
 from streamfit.data.decode import Decoder, cache_id
+from streamfit.data.fetch import fetch_or_fit
 from streamfit.data.local_images import IMAGE_SUFFIXES
 from streamfit.data.shards import (
     IMAGE_EXTS,
@@ -28,10 +31,10 @@ from streamfit.data.shards import (
     open_shard,
     parse_meta,
 )
-from streamfit.fit import FitBackend, FitConfig, fit
+from streamfit.fit import FitBackend, FitConfig
 from streamfit.splats import Splats, unpack_params
 
-logger = logging.getLogger("streamfit.train")
+logger = logging.getLogger("streamfit.eval")
 
 
 @dataclass
@@ -45,6 +48,7 @@ class LabelledBatch:
     splats: Splats | None
     hits: int = 0
     fitted: int = 0
+    failed: int = 0  # samples left out: their fit gave non-finite splats (never cached)
 
 
 def iter_labelled(
@@ -150,34 +154,33 @@ class LabelledLoader:
 
     def _batch(self, items: list[tuple[str, bytes, int]]) -> LabelledBatch:
         images = np.stack([self.decoder.decode_image(data) for _, data, _ in items])
-        rgb = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        batch = LabelledBatch(
-            keys=[k for k, _, _ in items],
-            labels=torch.tensor([label for _, _, label in items]),
-            rgb=rgb,
-            splats=None,
-        )
+        keep = list(range(len(items)))
+        splats, hits, fitted = None, 0, 0
         if self.fit_cfg is not None:
-            batch.splats, batch.hits, batch.fitted = self._splats(items, images)
-        return batch
-
-    def _splats(self, items: list[tuple[str, bytes, int]], images: np.ndarray):
-        # The same cache key as the training loader's decoder computes.
-        ids = [cache_id(key, data, self.data_cfg.cache_key) for key, data, _ in items]
-        blobs = self.cache.lookup(ids, self.settings) if self.cache else [None] * len(items)
-        misses = [i for i, b in enumerate(blobs) if b is None]
-        if misses:
-            pixels = torch.from_numpy(images[misses]).float().div_(255.0)
-            result = fit(pixels, self.fit_cfg, self.backend)
-            fresh = []
-            for j, i in enumerate(misses):
-                # A failed fit still gets evaluated (as an empty splat set): dropping it would
-                # flatter the accuracy.
-                blobs[i] = result.splats.pack(j)
-                if bool(result.ok[j]):
-                    fresh.append((ids[i], blobs[i]))
-            if self.cache and fresh:
-                self.cache.store(fresh, self.settings)
-        size = self.data_cfg.image_size
-        splats = Splats.from_list([unpack_params(b) for b in blobs], size, size)
-        return splats.to(self.device), len(items) - len(misses), len(misses)
+            # the training loader's cache, under the id its decoder gives the sample
+            ids = [cache_id(key, data, self.data_cfg.cache_key) for key, data, _ in items]
+            got = fetch_or_fit(
+                ids,
+                [None] * len(items),
+                lambda i: images[i],
+                self.cache,
+                self.settings,
+                self.fit_cfg,
+                self.backend,
+            )
+            for i in got.failed:
+                logger.warning("eval: skipped %s: its fit gave non-finite splats", items[i][0])
+            keep = [i for i, b in enumerate(got.blobs) if b is not None]
+            size = self.data_cfg.image_size
+            splats = Splats.from_list([unpack_params(got.blobs[i]) for i in keep], size, size)
+            splats, hits, fitted = splats.to(self.device), got.hits, len(got.fitted)
+        rgb = torch.from_numpy(images[keep]).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+        return LabelledBatch(
+            keys=[items[i][0] for i in keep],
+            labels=torch.tensor([items[i][2] for i in keep], dtype=torch.long),
+            rgb=rgb,
+            splats=splats,
+            hits=hits,
+            fitted=fitted,
+            failed=len(items) - len(keep),
+        )
