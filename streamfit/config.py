@@ -22,29 +22,38 @@ class ConfigError(ValueError):
 
 
 def load_config(
-    schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()
+    schema: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    defaults: Sequence[str] = (),
 ) -> T:
-    """Build a ``schema`` instance from defaults, then a YAML file, then ``key=value`` overrides.
+    """Build a ``schema`` instance from its defaults, then ``defaults`` (``key=value``: a
+    tool's own), then a YAML file, then ``key=value`` overrides.
 
     Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key.
     The result is a plain dataclass instance (validated by its ``__post_init__``).
     """
     merged = OmegaConf.structured(schema)
     try:
+        merged = _apply(merged, defaults)
         if path is not None:
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-            key, value = item.split("=", 1)
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
+        merged = _apply(merged, overrides)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (ConfigKeyError, ValidationError) as err:
         key = getattr(err, "full_key", None)
         raise ConfigError(f"bad config value for {key!r}: {err.msg}" if key else str(err)) from None
+
+
+def _apply(merged: Any, overrides: Sequence[str]) -> Any:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+    return merged
 
 
 def to_yaml(config: Any) -> str:

@@ -22,7 +22,7 @@ from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.eval import ZeroShotTally, build_classifier, load_classnames, load_templates
 from streamfit.eval.zeroshot import ZeroShotResult
 from streamfit.fit import FitBackend, FitConfig
-from streamfit.splats import BYTES_PER_SPLAT
+from streamfit.splats import compression_ratio
 from streamfit.train.config import EvalConfig, RunConfig, SyntheticConfig
 from streamfit.train.distributed import all_have, all_sum, barrier
 from streamfit.train.labelled import LabelledBatch, LabelledLoader
@@ -216,6 +216,8 @@ def zero_shot(
     if fit_cfg is not None and counts[1] > 0:
         per_image = float(counts[1] / counts[0])
         extras["splats_per_image"] = per_image
-        extras["compression_ratio"] = data_cfg.image_size**2 * 3 / (per_image * BYTES_PER_SPLAT)
+        extras["compression_ratio"] = compression_ratio(
+            data_cfg.image_size, data_cfg.image_size, per_image
+        )
         extras["cache_hit_rate"] = float(counts[2] / counts[3]) if counts[3] else float("nan")
     return tally.result(), extras
