@@ -38,7 +38,8 @@ def format_table(
     paste into the docs).
 
     ``formats[i]`` is the format spec of column ``i``'s numbers (e.g. ``".2f"``, ``"+.2f"``,
-    ``".1%"``; default ``str``); ``None`` and NaN show as ``-``. A column of numbers is
+    ``".1%"``; default ``str``; integers stay whole under an ``f`` spec); ``None`` and NaN
+    show as ``-``. A column of numbers is
     right-aligned, any other column left-aligned.
     """
     cells: list[list[str]] = []
@@ -78,6 +79,8 @@ def print_table(
 def _cell(value: Any, spec: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, int) and spec.endswith("f"):
+        return str(value)  # a count stays a whole number in a column of decimals
     if isinstance(value, (int, float)) and not isinstance(value, bool) and spec:
         return format(value, spec)
     return str(value)

@@ -140,7 +140,6 @@ def preview(original: torch.Tensor, recon: torch.Tensor, params: torch.Tensor) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     args, cfg = parse_args(argv)
     print(to_yaml(cfg), end="", file=sys.stderr)
     record_at = tuple(sorted({int(s) for s in args.record_at.split(",") if s.strip()}))
