@@ -209,30 +209,32 @@ def test_mismatched_shapes_are_clear_errors(backend):
         fit([torch.rand(8, 8, 3), torch.rand(9, 8, 3)], FitConfig(gaussians=4, iters=1), backend)
 
 
-def test_splat_sets_of_different_sizes(backend):
+@pytest.mark.parametrize(("height", "width"), [(10, 12), *full_size((20, 30))])
+def test_splat_sets_of_different_sizes(backend, height, width):
     """A padded batch (``Splats.from_list``) renders each image as if it were alone."""
-    sets = [random_splats(1, n, 10, 12, seed=n, keep=1.0)[0][0] for n in (3, 11, 1)]
-    batch = Splats.from_list(sets, 10, 12)
-    images = backend.render(*_on(backend, batch.params, batch.mask), 10, 12)
+    sets = [random_splats(1, n, height, width, seed=n, keep=1.0)[0][0] for n in (3, 11, 1)]
+    batch = Splats.from_list(sets, height, width)
+    images = backend.render(*_on(backend, batch.params, batch.mask), height, width)
     for b, s in enumerate(sets):
         alone = backend.render(
-            *_on(backend, s[None], torch.ones(1, s.shape[0], dtype=torch.bool)), 10, 12
+            *_on(backend, s[None], torch.ones(1, s.shape[0], dtype=torch.bool)), height, width
         )
         torch.testing.assert_close(images[b], alone[0], rtol=0, atol=0)
 
 
-def test_in_place_change_of_the_target_is_seen(backend):
+@pytest.mark.parametrize(("n", "height", "width"), [(6, 8, 8), *full_size((20, 18, 23))])
+def test_in_place_change_of_the_target_is_seen(backend, n, height, width):
     """A backend may keep a copy of the last target (the CPU one keeps planes): an in-place
     change of that tensor, or another tensor, must be seen."""
-    params, mask = random_splats(2, 6, 8, 8, seed=9)
-    target = torch.rand(2, 8, 8, 3, generator=torch.Generator().manual_seed(5))
+    params, mask = random_splats(2, n, height, width, seed=9)
+    target = torch.rand(2, height, width, 3, generator=torch.Generator().manual_seed(5))
     p, m, t = _on(backend, params, mask, target)
     first, _ = backend.loss_and_grad(p, m, t)
     t.mul_(0.5)
     halved, _ = backend.loss_and_grad(p, m, t)
     _, ref_mse, _ = reference_loss_and_grad(params, mask, t.cpu())
     assert relative_error(halved.cpu(), ref_mse) < RTOL and not torch.equal(first, halved)
-    other = torch.rand(2, 8, 8, 3, generator=torch.Generator().manual_seed(6))
+    other = torch.rand(2, height, width, 3, generator=torch.Generator().manual_seed(6))
     _, ref_other, _ = reference_loss_and_grad(params, mask, other)
     got = backend.loss_and_grad(p, m, other.to(backend.device))[0]
     assert relative_error(got.cpu(), ref_other) < RTOL
