@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 T = TypeVar("T")
@@ -25,35 +25,43 @@ def load_config(
     schema: type[T],
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
+    defaults: Sequence[str] = (),
     section: str | None = None,
 ) -> T:
-    """Build a ``schema`` instance from defaults, then a YAML file, then ``key=value`` overrides.
+    """Build a ``schema`` instance from its defaults, then ``defaults`` (``key=value``: a
+    tool's own), then a YAML file, then ``key=value`` overrides.
 
-    ``section``: read only that top-level entry of the file (one part of a saved run's
-    config, e.g. its ``data``, read by a tool that does not know the recipe's whole tree).
+    With ``section`` (e.g. ``fit``), a file with that top-level key contributes that part
+    only: a tool reads its settings out of a recipe's config or a saved run's.
 
     Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key.
     The result is a plain dataclass instance (validated by its ``__post_init__``).
     """
     merged = OmegaConf.structured(schema)
     try:
+        merged = _apply(merged, defaults)
         if path is not None:
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
-            loaded = OmegaConf.load(path)
-            if section is not None:
-                loaded = loaded.get(section) or {}
-            merged = OmegaConf.merge(merged, loaded)
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-            key, value = item.split("=", 1)
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
+            data = OmegaConf.load(path)
+            if section is not None and isinstance(data, DictConfig) and section in data:
+                data = data[section]
+            merged = OmegaConf.merge(merged, data)
+        merged = _apply(merged, overrides)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (ConfigKeyError, ValidationError) as err:
         key = getattr(err, "full_key", None)
-        raise ConfigError(f"bad config value for {key!r}: {err.msg}" if key else str(err)) from None
+        first = str(err.msg).splitlines()[0]  # omegaconf appends key and type lines
+        raise ConfigError(f"bad config value for {key!r}: {first}" if key else first) from None
+
+
+def _apply(merged: Any, overrides: Sequence[str]) -> Any:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+    return merged
 
 
 def to_yaml(config: Any) -> str:

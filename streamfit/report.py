@@ -1,13 +1,14 @@
 """Output of tools and recipes: log lines, JSON results written atomically, key/value summaries
-printed."""
+and aligned tables printed."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,59 @@ def setup_logging(rank: int) -> None:
         force=True,
     )
     logging.getLogger("streamfit").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+def format_table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    formats: Sequence[str] = (),
+    markdown: bool = False,
+) -> str:
+    """An aligned text table with a rule under the header (``markdown``: a Markdown table to
+    paste into the docs).
+
+    ``formats[i]`` is the format spec of column ``i``'s numbers (e.g. ``".2f"``, ``"+.2f"``,
+    ``".1%"``; default ``str``; integers stay whole under an ``f`` spec); ``None`` and NaN
+    show as ``-``. A column of numbers is
+    right-aligned, any other column left-aligned.
+    """
+    cells: list[list[str]] = []
+    numeric = [True] * len(header)
+    for row in rows:
+        line = []
+        for i, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
+                numeric[i] = False
+            line.append(_cell(value, formats[i] if i < len(formats) else ""))
+        cells.append(line)
+    widths = [max([len(h)] + [len(line[i]) for line in cells]) for i, h in enumerate(header)]
+    if markdown:
+        rule = ["---:" if num else "---" for num in numeric]
+        return "\n".join(f"| {' | '.join(line)} |" for line in [list(header), rule, *cells])
+
+    def join(line: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(line, widths, numeric, strict=True)
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([join(header), rule, *(join(line) for line in cells)])
+
+
+def print_table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    formats: Sequence[str] = (),
+    markdown: bool = False,
+) -> None:
+    """Print :func:`format_table`."""
+    print(format_table(header, rows, formats, markdown))
+
+
+def _cell(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, int) and spec.endswith("f"):
+        return str(value)  # a count stays a whole number in a column of decimals
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and spec:
+        return format(value, spec)
+    return str(value)

@@ -48,10 +48,12 @@ FORMAT_VERSION = 1
 
 
 def compression_ratio(
-    height: int, width: int, n_splats: int | torch.Tensor
+    height: int, width: int, n_splats: float | torch.Tensor, images: int = 1
 ) -> float | torch.Tensor:
-    """Raw 8-bit RGB bytes over float16 splat bytes: ``H*W*3 / (16*n)`` (inf for n = 0)."""
-    rgb_bytes = height * width * 3
+    """Raw 8-bit RGB bytes over float16 splat bytes: ``images*H*W*3 / (16*n)`` for ``n``
+    splats in all over ``images`` images of ``H x W`` (a set's ratio is its total bytes over
+    its total bytes, not a mean of per-image ratios); inf for n = 0."""
+    rgb_bytes = images * height * width * 3
     if isinstance(n_splats, torch.Tensor):
         return rgb_bytes / (BYTES_PER_SPLAT * n_splats.to(torch.float64))
     return rgb_bytes / (BYTES_PER_SPLAT * n_splats) if n_splats > 0 else float("inf")

@@ -28,7 +28,7 @@ def test_cpu_benchmark_writes_rows_and_plot(tmp_path, capsys):
         [
             "--device", "cpu", "--backends", "cpu", "--batches", "1,3", "--gaussians", "16",
             "--size", "24", "--iters", "4", "--single-images", "2", "--torch-images", "1",
-            "--torch-iters", "2", "--repeats", "2", "--shards", "--json", str(out), "--plot", str(tmp_path / "b.png"),
+            "--repeats", "2", "--shards", "--json", str(out), "--plot", str(tmp_path / "b.png"),
             "lr_color=0.03",
         ]
     )  # fmt: skip
@@ -39,6 +39,9 @@ def test_cpu_benchmark_writes_rows_and_plot(tmp_path, capsys):
         assert all(row[k] is not None for k in FIELDS)
         assert row["images_per_s"] > 0 and row["speedup_vs_single"] > 0
         assert row["speedup_vs_torch"] > 0 and abs(row["psnr_delta_vs_torch"]) < 0.1
+        # the torch reference: the same batch, iterations and repeats as ours, total / total
+        assert row["torch_images"] == 1
+        assert row["speedup_vs_torch"] == row["torch_seconds"] / row["torch_our_seconds"]
         # cpu rows: the cut-off pairs of the initial layout at 50 FLOP each, against the
         # float32 matmul rate measured in the same run
         assert row["cutoff_pairs_per_image"] > 0 and row["matmul_gflops"] > 0

@@ -91,7 +91,7 @@ def test_plan_run_preset_with_measured_rates(tmp_path: Path) -> None:
     assert plan["cache_bytes_per_node"] == pytest.approx(1.6e6 * (6400 * 1.30 + 167))
     assert plan["sidecar_store_bytes"] == 12_800_000 * (512 + 6656) + 1288 * 1024
     assert plan["bound_by"] == "GPU training"
-    assert plan["rates"]["sources"]["fit"] == "given (--fit-rate)"
+    assert plan["rates"]["sources"]["fit"] == "given (fit_rate)"
 
 
 def test_plan_run_global_schedule_and_small_cache_refit() -> None:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from streamfit import report
+from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.data.local_images import ImageSource, iter_decoded
 from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
 from streamfit.report import write_json
@@ -50,16 +52,14 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitConfig]:
+    parser = tool_parser(__doc__, FitConfig)
     parser.add_argument("inputs", nargs="+", type=Path, help="images, folders or .tar shards")
     parser.add_argument("--limit", type=int, default=48, help="photos (the first ones)")
-    parser.add_argument("--gaussians", type=int, default=400)
+    parser.add_argument("--gaussians", type=int, help="default 400")
     parser.add_argument("--size", type=int, default=224, help="resize + centre-crop side")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="cpu")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), help="default cpu")
     parser.add_argument("--budgets", default="10,20,50,100", help="iteration budgets")
     parser.add_argument(
         "--old-budgets", default="150,200", help="extra budgets of old-default (to reach --target)"
@@ -74,13 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path, help="PNG: PSNR against seconds per image")
-    args = parser.parse_args(argv)
+    # the config is the base every variant changes (a variant's own settings win)
+    args, base = parse_tool_args(parser, FitConfig, argv, defaults=["backend=cpu"])
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
-    return args
+    return args, base
 
 
 def load_images(inputs: list[Path], limit: int, size: int) -> torch.Tensor:
@@ -109,14 +110,14 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, base = parse_args(argv)
     images = load_images(args.inputs, args.limit, args.size)
-    backend = get_backend(args.backend)
+    backend = get_backend(base.backend, base.device)
     budgets = [int(b) for b in args.budgets.split(",")]
-    base = FitConfig(gaussians=args.gaussians, backend=backend.name)
+    base = replace(base, backend=backend.name)
     fit(images[:1], replace(base, iters=2), backend)  # compile / load the kernels
     print(
-        f"# {len(images)} images {args.size}x{args.size}, {args.gaussians} splats, "
+        f"# {len(images)} images {args.size}x{args.size}, {base.gaussians} splats, "
         f"backend {backend.name}, {torch.get_num_threads()} threads",
         file=sys.stderr,
     )
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "images": len(images),
         "size": args.size,
-        "gaussians": args.gaussians,
+        "gaussians": base.gaussians,
         "backend": backend.name,
         "target_db": args.target,
         "repeats": args.repeats,
@@ -174,16 +175,25 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(summary: dict, budgets: list[int]) -> None:
     cols = ["0", *map(str, budgets)]
     target = summary["target_db"]
-    head = " | ".join(f"{c} it" for c in cols)
-    secs = " | ".join(f"s/img @{b}" for b in budgets)
-    print(f"| variant | {head} | {secs} | iters to {target} dB | s/img to {target} dB |")
-    print("| --- |" + " ---: |" * (2 * len(cols) + 1))
-    for row in summary["rows"]:
-        psnr = " | ".join(f"{row['psnr'][c]:.2f}" for c in cols)
-        sec = " | ".join(f"{row['seconds'][str(b)]:.3f}" for b in budgets)
-        reach = row["reach_iters"] if row["reach_iters"] is not None else "-"
-        reach_s = f"{row['reach_seconds']:.3f}" if row["reach_seconds"] is not None else "-"
-        print(f"| {row['variant']} | {psnr} | {sec} | {reach} | {reach_s} |")
+    header = [
+        "variant",
+        *(f"{c} it" for c in cols),
+        *(f"s/img @{b}" for b in budgets),
+        f"iters to {target} dB",
+        f"s/img to {target} dB",
+    ]
+    rows = [
+        [
+            row["variant"],
+            *(row["psnr"][c] for c in cols),
+            *(row["seconds"][str(b)] for b in budgets),
+            row["reach_iters"],
+            row["reach_seconds"],
+        ]
+        for row in summary["rows"]
+    ]
+    formats = ["", *[".2f"] * len(cols), *[".3f"] * len(budgets), "", ".3f"]
+    report.print_table(header, rows, formats, markdown=True)
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -14,11 +14,11 @@ splats). How each figure is measured:
   fastest of ``--repeats``.
 * ``speedup_vs_single``: against the same backend fitting ``--single-images`` images one at a
   time (same settings), i.e. per-image fitting.
-* ``speedup_vs_torch``: per-iteration time of the ``torch`` reference backend on the same
-  device, from ``--torch-images`` images fitted for ``--torch-iters`` iterations minus a
-  0-iteration fit (so its set-up is not counted), over our ``ms_per_iter_image``.
-  ``psnr_delta_vs_torch`` is our mean PSNR minus torch's on those images with those settings:
-  the speed-up holds at the same quality when it is ~0.
+* ``speedup_vs_torch``: total time of the ``torch`` reference backend over ours, both
+  fitting the same ``--torch-images`` images (a batch of that size) with the same settings
+  and ``iters`` for the same ``--repeats`` (fastest of each): a ratio of totals.
+  ``psnr_delta_vs_torch`` is our mean PSNR minus torch's on those fits, at the benchmark's
+  own iteration count: the speed-up holds at the same quality when it is ~0.
 * ``iteration_seconds``: the time of the ``iters`` iterations alone: a fit without the colour
   solve minus the same fit with 0 iterations (both fastest of ``--repeats``), so the
   initialisation, the colour solves and the final PSNR, which are not per-iteration work,
@@ -57,9 +57,12 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from streamfit.config import ConfigError, load_config, to_yaml  # noqa: E402
+from streamfit.cli import parse_tool_args, tool_parser  # noqa: E402
+from streamfit.config import to_yaml  # noqa: E402
 from streamfit.fit import FitConfig, fit, get_backend  # noqa: E402
 from streamfit.fit.backends import FitBackend  # noqa: E402
+from streamfit.hardware import peak_tflops, resolve_device  # noqa: E402
+from streamfit.report import print_table as print_table_rows  # noqa: E402
 from streamfit.report import write_json  # noqa: E402
 
 DEFAULT_SHARDS = (
@@ -72,23 +75,17 @@ GRIDS = {  # device -> (batches, gaussians)
 # CPU work unit: FLOPs per cut-off (pixel, splat) pair of one iteration, forward and backward
 FLOPS_PER_PAIR = 50
 MATMUL_SIZE = 1024  # float32 matmul of this size measures what the CPU cores sustain
-# FP32 (non-tensor-core) peaks, TFLOP/s, by device-name fragment
-PEAK_TFLOPS = {"H100 PCIe": 51.2, "H100": 66.9, "H200": 66.9, "A100": 19.5}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    parser = tool_parser(__doc__, FitConfig)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
         "--backends", help="comma list of backends to time (default: the device's fast one)"
     )
     parser.add_argument("--batches", help="comma list of batch sizes (default by device)")
     parser.add_argument("--gaussians", help="comma list of splat counts (default by device)")
-    parser.add_argument("--iters", type=int, default=100, help="iteration budget")
+    parser.add_argument("--iters", type=int, help="iteration budget (default 100)")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--shards", type=Path, nargs="*", help="webdataset .tar shards of photos")
     parser.add_argument(
@@ -96,22 +93,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--single-images", type=int, default=4, help="images fitted one at a time")
     parser.add_argument(
-        "--torch-images", type=int, help="images for the torch reference (cpu 2, cuda 16)"
-    )
-    parser.add_argument(
-        "--torch-iters", type=int, default=3, help="iterations for the torch reference"
+        "--torch-images", type=int, help="batch of the torch reference and ours (cpu 2, cuda 16)"
     )
     parser.add_argument("--no-torch", action="store_true", help="skip the torch reference")
     parser.add_argument("--peak-tflops", type=float, help="FP32 peak of the GPU (default: by name)")
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--plot", type=Path, help="PNG of the speed-up over per-image fitting")
-    parser.add_argument("--config", help="YAML file of FitConfig fields")
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value FitConfig fields, e.g. lr_color=0.03"
+    # --gaussians is a grid here, not FitConfig's one count
+    args, args.fit = parse_tool_args(
+        parser, FitConfig, argv, flags={"iters": "iters"}, defaults=["iters=100"]
     )
-    args = parser.parse_args(argv)
+    args.device = resolve_device(args.device).type
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible")
+    args.iters = args.fit.iters
     batches, gaussians = GRIDS[args.device]
     try:
         args.batches = _ints(args.batches or batches)
@@ -125,10 +120,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("batches, gaussians, --iters and --repeats must be >= 1")
     if args.shards is None and DEFAULT_SHARDS.is_file():
         args.shards = [DEFAULT_SHARDS]
-    try:
-        args.fit = load_config(FitConfig, args.config, [*args.overrides, f"iters={args.iters}"])
-    except (ConfigError, ValueError) as err:
-        parser.error(str(err))
     return args
 
 
@@ -212,15 +203,20 @@ def single_rate(images: torch.Tensor, cfg: FitConfig, backend: FitBackend, repea
 
 
 def torch_reference(
-    images: torch.Tensor, cfg: FitConfig, backend: FitBackend, device: torch.device, iters: int
-) -> tuple[float, float]:
-    """``(ms per iteration per image, PSNR delta)`` of the torch backend on ``images``."""
-    reference = get_backend("torch", str(device))
-    t_iters, torch_psnr = timed_fit(images, replace(cfg, iters=iters), reference)
-    t_setup, _ = timed_fit(images, replace(cfg, iters=0), reference)
-    _, our_psnr = timed_fit(images, replace(cfg, iters=iters), backend)
-    ms = max(t_iters - t_setup, 1e-9) * 1e3 / (iters * len(images))
-    return ms, float(our_psnr.nanmean() - torch_psnr.nanmean())
+    images: torch.Tensor, cfg: FitConfig, backend: FitBackend, repeats: int
+) -> dict[str, float]:
+    """The ``torch`` reference and ``backend`` fitting the same ``images`` with the same
+    ``cfg`` (its ``iters``) and ``repeats``: each one's seconds (fastest), their ratio and our
+    mean PSNR minus the reference's."""
+    reference = get_backend("torch", str(backend.device))
+    torch_s, torch_psnr = timed_fit(images, replace(cfg, backend="torch"), reference, repeats)
+    our_s, our_psnr = timed_fit(images, cfg, backend, repeats)
+    return {
+        "torch_seconds": torch_s,
+        "our_seconds": our_s,
+        "speedup": torch_s / our_s,
+        "psnr_delta": float(our_psnr.nanmean() - torch_psnr.nanmean()),
+    }
 
 
 def flop_count(backend: FitBackend, images: torch.Tensor, cfg: FitConfig) -> int | None:
@@ -294,12 +290,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             info = {"warmup_s": time.perf_counter() - compile_start}
             info["single"] = single_rate(images[: args.single_images], cfg, backend, args.repeats)
             if not args.no_torch and name != "torch":
-                ms, delta = torch_reference(
-                    images[: args.torch_images], cfg, backend, device, args.torch_iters
+                info["torch"] = torch_reference(
+                    images[: args.torch_images], cfg, backend, args.repeats
                 )
-                info["torch_ms"], info["psnr_delta"] = ms, delta
             per_splat_count[key] = info
         info = per_splat_count[key]
+        reference = info.get("torch", {})
         seconds, psnr = timed_fit(images[:batch], cfg, backend, args.repeats)
         rate = batch / seconds
         ms = seconds * 1e3 / (args.iters * batch)
@@ -318,11 +314,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "warmup_s": info["warmup_s"],
             "single_images_per_s": info["single"],
             "speedup_vs_single": rate / info["single"],
-            "torch_ms_per_iter_image": info.get("torch_ms"),
-            "speedup_vs_torch": info["torch_ms"] / ms if "torch_ms" in info else None,
-            "psnr_delta_vs_torch": info.get("psnr_delta"),
-            "torch_images": args.torch_images if "torch_ms" in info else None,
-            "torch_iters": args.torch_iters if "torch_ms" in info else None,
+            "torch_seconds": reference.get("torch_seconds"),
+            "torch_our_seconds": reference.get("our_seconds"),
+            "speedup_vs_torch": reference.get("speedup"),
+            "psnr_delta_vs_torch": reference.get("psnr_delta"),
+            "torch_images": args.torch_images if reference else None,
             "iteration_seconds": None,
             "flops_per_iter": None,
             "tflops": None,
@@ -338,7 +334,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row["iteration_seconds"] = iter_s
                 row["flops_per_iter"] = flops
                 row["tflops"] = flops * args.iters / iter_s / 1e12
-                peak = args.peak_tflops or peak_tflops(device)
+                peak = args.peak_tflops or peak_tflops(device, "fp32")
                 row["peak_fraction"] = row["tflops"] / peak if peak else None
         else:
             pairs = cutoff_pairs(backend, images[:batch], cfg)
@@ -373,39 +369,14 @@ def describe_machine(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {cores} cores, load average {load:.1f} at start"
 
 
-def peak_tflops(device: torch.device) -> float | None:
-    name = torch.cuda.get_device_name(device)
-    for fragment, peak in PEAK_TFLOPS.items():
-        if fragment in name:
-            return peak
-    return None
-
-
-def _fmt(value, spec: str) -> str:
-    return (
-        "-"
-        if value is None or (isinstance(value, float) and math.isnan(value))
-        else format(value, spec)
-    )
-
-
 def print_table(rows: list[dict]) -> None:
-    header = (
-        f"{'backend':>7} {'batch':>6} {'splats':>6} {'iters':>5} {'img/s':>9} {'ms/it/img':>9} "
-        f"{'PSNR':>6} {'x single':>8} {'torch ms':>9} {'x torch':>8} {'dPSNR':>6} {'TFLOP/s':>8} "
-        f"{'of peak':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['backend']:>7} {r['batch']:>6} {r['gaussians']:>6} {r['iters']:>5} "
-            f"{r['images_per_s']:>9.2f} {r['ms_per_iter_image']:>9.3f} {r['psnr']:>6.2f} "
-            f"{_fmt(r['speedup_vs_single'], '8.2f')} {_fmt(r['torch_ms_per_iter_image'], '9.1f')} "
-            f"{_fmt(r['speedup_vs_torch'], '8.1f')} "
-            f"{_fmt(r['psnr_delta_vs_torch'], '+6.2f')} {_fmt(r['tflops'], '8.2f')} "
-            f"{_fmt(r['peak_fraction'], '7.1%')}"
-        )
+    header = ["backend", "batch", "splats", "iters", "img/s", "ms/it/img", "PSNR", "x single"]
+    header += ["torch s", "x torch", "dPSNR", "TFLOP/s", "of peak"]
+    keys = ["backend", "batch", "gaussians", "iters", "images_per_s", "ms_per_iter_image", "psnr"]
+    keys += ["speedup_vs_single", "torch_seconds", "speedup_vs_torch", "psnr_delta_vs_torch"]
+    keys += ["tflops", "peak_fraction"]
+    formats = ["", "", "", "", ".2f", ".3f", ".2f", ".2f", ".2f", ".1f", "+.2f", ".2f", ".1%"]
+    print_table_rows(header, [[r[k] for k in keys] for r in rows], formats)
     for r in rows:
         if r["matmul_gflops"] is not None:
             print(
@@ -414,6 +385,14 @@ def print_table(rows: list[dict]) -> None:
                 f"{r['matmul_gflops']:.1f} GFLOP/s in this run; peak_fraction "
                 f"{r['peak_fraction']:.1%}"
             )
+    for r in rows:
+        if r["torch_seconds"] is not None:
+            print(
+                f"# x torch: {r['torch_images']} images x {r['iters']} iterations, best of the "
+                f"same repeats: torch {r['torch_seconds']:.2f} s / ours "
+                f"{r['torch_our_seconds']:.3f} s; dPSNR at {r['iters']} iterations"
+            )
+            break
 
 
 def plot(rows: list[dict], path: Path) -> None:

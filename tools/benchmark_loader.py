@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import sys
@@ -36,10 +35,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from streamfit.config import ConfigError, load_config, to_yaml
+from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.config import to_yaml
 from streamfit.data import DataConfig, EmptyEpoch, build_loader
 from streamfit.fit import BACKENDS, FitConfig
-from streamfit.report import write_json
+from streamfit.report import format_table, write_json
 
 
 @dataclass
@@ -63,11 +63,7 @@ FLAGS = {  # flag -> config key
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, BenchConfig]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides (data.*, fit.*)")
-    parser.add_argument("--config", help="YAML file with data: and fit: sections")
+    parser = tool_parser(__doc__, BenchConfig)
     parser.add_argument(
         "--shards", help="shard pattern (brace expansion, ::-separated lists, URLs)"
     )
@@ -88,16 +84,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Bench
     parser.add_argument("--schedule", choices=("auto", "node", "global"))
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--log-batches", action="store_true", help="log every batch's timing")
-    args = parser.parse_args(argv)
-    overrides = [
-        f"{key}={getattr(args, flag)}"
-        for flag, key in FLAGS.items()
-        if getattr(args, flag) is not None
-    ]
-    try:
-        cfg = load_config(BenchConfig, args.config, [*overrides, *args.overrides])
-    except (ConfigError, ValueError) as err:
-        parser.error(str(err))
+    args, cfg = parse_tool_args(parser, BenchConfig, argv, flags=FLAGS)
     if not cfg.data.shards:
         parser.error("no shards: give --shards or data.shards")
     if not args.log_batches:
@@ -172,19 +159,18 @@ def epoch_row(epoch: int, rows: list[dict], seen: Counter[str]) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    head = (
-        f"{'epoch':>5} {'samples':>8} {'skipped':>8} {'hits':>7} {'misses':>7} {'hit%':>6} "
-        f"{'seconds':>9} {'smp/s':>8} {'fit s':>8} {'wait s':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in results:
-        hit = r["cache_hit_rate"]
-        lines.append(
-            f"{r['epoch']:>5} {r['samples']:>8} {sum(r['skipped'].values()):>8} {r['cache_hits']:>7} "
-            f"{r['cache_misses']:>7} {'-' if hit != hit else f'{100 * hit:.0f}':>6} "
-            f"{r['seconds']:>9.2f} {r['samples_per_s']:>8.1f} {r['fit_seconds']:>8.2f} "
-            f"{r['data_wait_seconds']:>8.2f}"
-        )
+    header = ["epoch", "samples", "skipped", "hits", "misses", "hit%", "seconds", "smp/s"]
+    header += ["fit s", "wait s"]
+    rows = [
+        [
+            r["epoch"], r["samples"], sum(r["skipped"].values()), r["cache_hits"],
+            r["cache_misses"], 100 * r["cache_hit_rate"], r["seconds"], r["samples_per_s"],
+            r["fit_seconds"], r["data_wait_seconds"],
+        ]
+        for r in results
+    ]  # fmt: skip
+    formats = ["", "", "", "", "", ".0f", ".2f", ".1f", ".2f", ".2f"]
+    lines = [format_table(header, rows, formats)]
     for r in results:
         if r["skipped"]:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(r["skipped"].items()))
@@ -203,9 +189,6 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     args, cfg = parse_args(argv)
     print(to_yaml(cfg))
     start = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -26,7 +26,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.report import print_table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARD = ROOT.parent / "shared/data/imagenet-sample/train-000000.tar"
@@ -49,25 +53,35 @@ VARIANTS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--gaussians", type=int, default=400)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=1, help="Numba threads")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--shard", type=Path, default=DEFAULT_SHARD, help="photos (.tar)")
+@dataclass
+class SplitConfig:
+    """The measured layout: ``batch`` photos of ``size`` x ``size`` from ``shard`` (smooth
+    synthetic images if it is absent), ``gaussians`` structured splats, ``threads`` Numba
+    threads, the fastest of ``repeats`` calls."""
+
+    batch: int = 8
+    gaussians: int = 400
+    size: int = 224
+    threads: int = 1
+    repeats: int = 30
+    shard: str = str(DEFAULT_SHARD)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, SplitConfig]:
+    parser = tool_parser(__doc__, SplitConfig)
+    for name in ("batch", "gaussians", "size", "repeats"):
+        parser.add_argument(f"--{name}", type=int)
+    parser.add_argument("--threads", type=int, help="Numba threads (default 1)")
+    parser.add_argument("--shard", help="photos (.tar)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if min(args.batch, args.gaussians, args.size, args.threads, args.repeats) < 1:
-        parser.error("--batch, --gaussians, --size, --threads and --repeats must be >= 1")
-    return args
+    args, cfg = parse_tool_args(parser, SplitConfig, argv)
+    if min(cfg.batch, cfg.gaussians, cfg.size, cfg.threads, cfg.repeats) < 1:
+        parser.error("batch, gaussians, size, threads and repeats must be >= 1")
+    return args, cfg
 
 
-def measure(args: argparse.Namespace) -> dict[str, float]:
+def measure(cfg: SplitConfig) -> dict[str, float]:
     """Stage times of the kernels importable from the working directory (ms per image)."""
     import math
     import time
@@ -84,19 +98,21 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     from benchmark_fit import load_images
 
     warm_up()
-    images, _ = load_images(args.batch, args.size, [args.shard] if args.shard.is_file() else None)
-    params = initial_params(images, FitConfig(gaussians=args.gaussians)).contiguous()
+    images, _ = load_images(
+        cfg.batch, cfg.size, [Path(cfg.shard)] if Path(cfg.shard).is_file() else None
+    )
+    params = initial_params(images, FitConfig(gaussians=cfg.gaussians)).contiguous()
     mask = torch.ones(params.shape[:2], dtype=torch.bool)
     backend = CpuBackend()
-    proj, box, bad, (tiles_x, tiles_y) = backend._project(params, mask, args.size, args.size)
+    proj, box, bad, (tiles_x, tiles_y) = backend._project(params, mask, cfg.size, cfg.size)
     offsets, order = kernels.bin_tiles(box, backend.tile, tiles_x, tiles_y)
     planes = backend._planes(images)
-    image = np.empty((args.batch, args.size, args.size, 3), np.float32)
+    image = np.empty((cfg.batch, cfg.size, cfg.size, 3), np.float32)
     empty = np.empty((0, 0, 0, 3), np.float32)
-    tile_sse = np.empty(args.batch * tiles_x * tiles_y, np.float32)
+    tile_sse = np.empty(cfg.batch * tiles_x * tiles_y, np.float32)
     partial = np.empty((order.shape[0], 8), np.float32)
-    loss = np.empty(args.batch, np.float32)
-    grad = np.zeros((args.batch, args.gaussians, 8), np.float32)
+    loss = np.empty(cfg.batch, np.float32)
+    grad = np.zeros((cfg.batch, cfg.gaussians, 8), np.float32)
     zeros = [torch.zeros_like(params) for _ in range(3)]
 
     def raster(target, out, sse, part):
@@ -106,7 +122,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         )  # fmt: skip
 
     stages = {
-        "project": lambda: backend._project(params, mask, args.size, args.size),
+        "project": lambda: backend._project(params, mask, cfg.size, cfg.size),
         "bin_tiles": lambda: kernels.bin_tiles(box, backend.tile, tiles_x, tiles_y),
         "raster_tiles (render)": lambda: raster(empty, image, tile_sse[:0], partial[:0]),
         "raster_tiles (loss and gradient)": lambda: raster(planes, empty, tile_sse, partial),
@@ -116,7 +132,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             partial,
             tile_sse,
             tiles_x * tiles_y,
-            reduce_parts(args.batch),
+            reduce_parts(cfg.batch),
             np.float32(1e-5),
             bad,
             loss,
@@ -129,11 +145,11 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     for name, call in stages.items():
         call()
         best = math.inf
-        for _ in range(args.repeats):
+        for _ in range(cfg.repeats):
             start = time.perf_counter()
             call()
             best = min(best, time.perf_counter() - start)
-        times[name] = best * 1e3 / args.batch
+        times[name] = best * 1e3 / cfg.batch
     return times
 
 
@@ -155,7 +171,7 @@ def instruction_counts(kernel) -> dict[str, int]:
     }
 
 
-def variant_times(args: argparse.Namespace, name: str) -> dict[str, float]:
+def variant_times(cfg: SplitConfig, name: str) -> dict[str, float]:
     """:func:`measure` in a fresh process on a copy of the tree with ``name`` switched off."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
@@ -166,61 +182,57 @@ def variant_times(args: argparse.Namespace, name: str) -> dict[str, float]:
                 raise SystemExit(f"cpu_time_split: {KERNELS} changed; update VARIANTS[{name!r}]")
             source = source.replace(old, new)
         (tree / KERNELS).write_text(source)
-        return _run(args, tree, Path(tmp) / "cache")
+        return _run(cfg, tree, Path(tmp) / "cache")
 
 
 def _no_cache(_dir: str, names: list[str]) -> list[str]:
     return [n for n in names if n == "__pycache__"]
 
 
-def _run(args: argparse.Namespace, kernels_root: Path, cache: Path) -> dict[str, float]:
+def _run(cfg: SplitConfig, kernels_root: Path, cache: Path) -> dict[str, float]:
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(kernels_root), str(ROOT)]),
-        NUMBA_NUM_THREADS=str(args.threads),
+        NUMBA_NUM_THREADS=str(cfg.threads),
         NUMBA_CACHE_DIR=str(cache),
         OMP_WAIT_POLICY="PASSIVE",
     )
-    command = [sys.executable, __file__, "--measure", *_forwarded(args)]
+    command = [sys.executable, __file__, "--measure", *_forwarded(cfg)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"cpu_time_split: a measurement failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def _forwarded(args: argparse.Namespace) -> list[str]:
-    return [
-        f"--batch={args.batch}",
-        f"--gaussians={args.gaussians}",
-        f"--size={args.size}",
-        f"--threads={args.threads}",
-        f"--repeats={args.repeats}",
-        f"--shard={args.shard}",
-    ]
+def _forwarded(cfg: SplitConfig) -> list[str]:
+    return [f"{key}={value}" for key, value in asdict(cfg).items()]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    args, cfg = parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args)))
+        print(json.dumps(measure(cfg)))
         return {}
     with tempfile.TemporaryDirectory() as cache:
-        result = {"full": _run(args, ROOT, Path(cache))}
+        result = {"full": _run(cfg, ROOT, Path(cache))}
     for name in VARIANTS:
-        result[name] = variant_times(args, name)
+        result[name] = variant_times(cfg, name)
     full = result["full"]
-    print(f"# ms per image, {args.threads} thread(s), batch {args.batch}, {args.gaussians} splats")
-    for name, value in full.items():
-        print(f"{name:34s} {value:8.4f}" if isinstance(value, float) else f"{name:34s} {value:8d}")
+    print(f"# ms per image, {cfg.threads} thread(s), batch {cfg.batch}, {cfg.gaussians} splats")
+    print_table(["stage", "ms per image"], full.items(), ["", ".4f"])
     print("# what switching one part off saves (ms per image, and share of the whole)")
-    for stage in ("raster_tiles (render)", "loss_and_grad (backend)"):
-        whole = full[stage]
-        for name in VARIANTS:
-            saved = whole - result[name][stage]
-            print(f"{name + ' in ' + stage:50s} {saved:8.4f}  ({saved / whole:.0%})")
+    saved = [
+        [f"{name} in {stage}", full[stage] - result[name][stage]]
+        for stage in ("raster_tiles (render)", "loss_and_grad (backend)")
+        for name in VARIANTS
+    ]
+    print_table(
+        ["switched off", "saved ms", "share"],
+        [[what, ms, ms / full[what.split(" in ", 1)[1]]] for what, ms in saved],
+        ["", ".4f", ".0%"],
+    )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return result
 
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from streamfit.config import ConfigError, load_config, to_yaml
+from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.config import to_yaml
 from streamfit.data import DataConfig, EmptyEpoch, build_loader, cache_settings
 from streamfit.data.writer import ShardWriter, shard_pattern
 from streamfit.fit import BACKENDS, FitConfig
@@ -50,11 +50,7 @@ FLAGS = {
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, ExportConfig]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides (data.*, fit.*)")
-    parser.add_argument("--config", help="YAML file with data: and fit: sections (as for training)")
+    parser = tool_parser(__doc__, ExportConfig)
     parser.add_argument("--shards", help="source shard pattern")
     parser.add_argument("--cache", help="splat cache directory")
     parser.add_argument("--out", type=Path, required=True, help="folder for the splat shards")
@@ -68,23 +64,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Expor
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--json", type=Path, help="write the summary here")
-    args = parser.parse_args(argv)
-    overrides = [
-        f"{key}={getattr(args, flag)}"
-        for flag, key in FLAGS.items()
-        if getattr(args, flag) is not None
-    ]
+    args, cfg = parse_tool_args(parser, ExportConfig, argv, flags=FLAGS)
     # file order, every sample, no pixels: an export is a plain pass over the shards
-    fixed = [
-        "data.shuffle_shards=false",
-        "data.shuffle_buffer=1",
-        "data.yield_rgb=false",
-        "data.log_every=0",
-    ]
-    try:
-        cfg = load_config(ExportConfig, args.config, [*overrides, *args.overrides, *fixed])
-    except (ConfigError, ValueError) as err:
-        parser.error(str(err))
+    cfg.data = replace(
+        cfg.data, shuffle_shards=False, shuffle_buffer=1, yield_rgb=False, log_every=0
+    )
     if not cfg.data.shards:
         parser.error("no shards: give --shards or data.shards")
     if not cfg.data.cache_dir and not args.fit_missing:
@@ -129,9 +113,6 @@ def export(args: argparse.Namespace, cfg: ExportConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     args, cfg = parse_args(argv)
     print(to_yaml(cfg))
     try:

@@ -32,25 +32,24 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from streamfit.config import ConfigError, load_config, to_yaml
+from streamfit import report
+from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.config import to_yaml
 from streamfit.data.local_images import ImageSource, iter_decoded
 from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
 from streamfit.fit.config import COLOUR_SOLVES, INITS
 from streamfit.fit.init import check_splat_count
 from streamfit.render import cholesky_factors
 from streamfit.report import write_json
-from streamfit.splats import BYTES_PER_SPLAT
+from streamfit.splats import BYTES_PER_SPLAT, compression_ratio
 
 # Below this side an image is a handful of pixels: nothing a splat fit can show.
 MIN_SIZE = 8
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitConfig]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("inputs", nargs="+", help="images, folders or .tar shards; then key=value")
-    parser.add_argument("--config", help="YAML file of FitConfig fields")
+    parser = tool_parser(__doc__, FitConfig)
+    parser.add_argument("inputs", nargs="+", type=Path, help="images, folders or .tar shards")
     parser.add_argument("--gaussians", type=int, help="splats per image (default 400)")
     parser.add_argument("--iters", type=int, help="fitting iterations (default 16)")
     parser.add_argument("--backend", choices=("auto", *BACKENDS), help="default: auto")
@@ -73,21 +72,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
     parser.add_argument(
         "--record-at", default="", help="also report mean PSNR at these iterations, e.g. 50,100"
     )
-    # intermixed: key=value overrides may follow the flags
-    args = parser.parse_intermixed_args(argv)
-    overrides = [s for s in args.inputs if "=" in s and not Path(s).exists()]
-    args.inputs = [Path(s) for s in args.inputs if s not in overrides]
-    flags = {
-        "gaussians": args.gaussians,
-        "iters": args.iters,
-        "backend": args.backend,
-        "device": args.device,
-        "init": args.init,
-        "colour_solve": args.colour_solve,
-        "prune_luminance": args.prune_luminance,
-        "l1": args.l1,
-    }
-    overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
+    args, cfg = parse_tool_args(parser, FitConfig, argv)
     if args.batch < 1:
         parser.error("--batch must be >= 1")
     if args.limit is not None and args.limit < 1:
@@ -98,10 +83,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
         if not path.exists():
             parser.error(f"no such image, folder or shard: {path}")
     try:
-        cfg = load_config(FitConfig, args.config, overrides)
         if args.size:
             check_splat_count(cfg.gaussians, args.size, args.size)
-    except (ConfigError, ValueError) as err:
+    except ValueError as err:
         parser.error(str(err))
     if args.size and BYTES_PER_SPLAT * cfg.gaussians >= 3 * args.size**2:
         logging.warning(
@@ -156,7 +140,6 @@ def preview(original: torch.Tensor, recon: torch.Tensor, params: torch.Tensor) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     args, cfg = parse_args(argv)
     print(to_yaml(cfg), end="", file=sys.stderr)
     record_at = tuple(sorted({int(s) for s in args.record_at.split(",") if s.strip()}))
@@ -194,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         "images": rows,
         "mean_psnr": _mean([r["psnr"] for r in fitted]),
         "mean_splats": _mean([r["splats"] for r in fitted]),
-        "mean_compression_ratio": _mean([r["compression_ratio"] for r in fitted]),
+        # all images side by side: total bytes over total bytes
+        "compression_ratio": compression_ratio(
+            sum(r["pixels"] for r in fitted), 1, sum(r["splats"] for r in fitted)
+        )
+        if fitted
+        else None,
         "mean_seconds": _mean([r["seconds"] for r in fitted]),
         "psnr_at": {str(k): _mean(v) for k, v in curves.items()},
         "backend": backend.name,
@@ -241,6 +229,7 @@ def fit_group(group, cfg, backend, record_at, curves, args) -> list[dict]:
                 "key": key,
                 "psnr": float(result.psnr[b]) if ok else None,
                 "splats": int(splats.counts()[b]),
+                "pixels": splats.height * splats.width,
                 "compression_ratio": float(splats.compression_ratios()[b]) if ok else None,
                 "seconds": per_image,
             }
@@ -259,18 +248,24 @@ def _mean(values: list[float]) -> float | None:
 
 
 def print_table(summary: dict) -> None:
-    print(f"\n{'key':<40} {'PSNR dB':>8} {'splats':>7} {'ratio':>7} {'s/img':>7}")
-    for row in summary["images"]:
-        psnr = f"{row['psnr']:.2f}" if row["psnr"] is not None else "dropped"
-        ratio = f"{row['compression_ratio']:.2f}" if row["compression_ratio"] else "-"
-        print(
-            f"{row['key'][-40:]:<40} {psnr:>8} {row['splats']:>7} {ratio:>7} {row['seconds']:>7.3f}"
-        )
+    rows = [
+        [r["key"][-40:], r["psnr"], r["splats"], r["compression_ratio"], r["seconds"]]
+        for r in summary["images"]
+    ]
     if summary["fitted"]:
-        print(
-            f"{'mean':<40} {summary['mean_psnr']:>8.2f} {summary['mean_splats']:>7.1f} "
-            f"{summary['mean_compression_ratio']:>7.2f} {summary['mean_seconds']:>7.3f}"
+        rows.append(
+            [
+                "mean (ratio: total over total)",
+                summary["mean_psnr"],
+                summary["mean_splats"],
+                summary["compression_ratio"],
+                summary["mean_seconds"],
+            ]
         )
+    print()
+    report.print_table(
+        ["key", "PSNR dB", "splats", "ratio", "s/img"], rows, ["", ".2f", ".1f", ".2f", ".3f"]
+    )
     for it, value in summary["psnr_at"].items():
         print(f"mean PSNR at iteration {it}: {value:.2f} dB")
     print(

@@ -54,8 +54,9 @@ import numpy as np
 
 from cuda_kernels import cpu as cpu_kernels
 from cuda_kernels import gpu
+from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.fit.backends.cuda import DEFAULT_TILE
-from streamfit.report import write_json
+from streamfit.report import print_table, write_json
 
 # H100 SXM per-SM limits (compute capability 9.0)
 SM90 = {"registers": 65536, "warps": 64, "blocks": 32, "shared_bytes": 228 * 1024}
@@ -64,6 +65,22 @@ REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
 MUFU_PER_SM_CLOCK = 16
 TORCH_PASSES = 16  # element-wise passes over the [B, N, 8] parameters per iteration
 TILE_KERNELS = ("raster_tiles", "render_tiles")  # built per tile size
+
+
+@dataclass
+class KernelReportConfig:
+    """The tile sizes to compile, and the workload and GPU the prediction assumes (defaults:
+    the paper's batch on an H100 SXM)."""
+
+    tiles: list[int] = field(default_factory=lambda: list(gpu.TILES))
+    batch: int = 4096
+    gaussians: int = 400
+    size: int = 224
+    iters: int = 100
+    sms: int = 132  # H100 SXM
+    clock_ghz: float = 1.755  # sustained SM clock
+    efficiency: float = 0.85  # share of issue slots used
+    bandwidth_tbs: float = 3.35  # HBM3
 
 
 @dataclass
@@ -258,14 +275,14 @@ def structured_layout(gaussians: int, size: int, tile: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------- report
-def report(args: argparse.Namespace, workdir: Path) -> dict:
+def report(cfg: KernelReportConfig, workdir: Path) -> dict:
     ptxas, nvdisasm = find_tool("ptxas"), find_tool("nvdisasm")
     if ptxas is None or nvdisasm is None:
         raise SystemExit("kernel_report: needs ptxas and nvdisasm (CUDA toolkit or triton)")
     kernels: list[KernelInfo] = []
     shared_done: dict[str, KernelInfo] = {}
     predictions: dict[int, dict] = {}
-    for tile in args.tiles:
+    for tile in cfg.tiles:
         geometry = gpu.build(tile)
         by_name: dict[str, KernelInfo] = {}
         for name, (kernel, signature) in gpu.kernel_signatures(tile).items():
@@ -291,7 +308,7 @@ def report(args: argparse.Namespace, workdir: Path) -> dict:
             if not per_tile:
                 shared_done[name] = info
             kernels.append(info)
-        predictions[tile] = predict(args, tile, geometry, by_name)
+        predictions[tile] = predict(cfg, tile, geometry, by_name)
     # the backend's default tile when it was compiled, else the fastest one
     tile = (
         DEFAULT_TILE
@@ -301,20 +318,20 @@ def report(args: argparse.Namespace, workdir: Path) -> dict:
     return {
         "predicted_images_per_s": predictions[tile]["images_per_s"],
         "predicted_tile": tile,
-        "tiles": list(args.tiles),
+        "tiles": list(cfg.tiles),
         "kernels": [asdict(k) for k in kernels],
         "model": {str(t): p for t, p in predictions.items()},
     }
 
 
-def predict(args: argparse.Namespace, tile: int, geometry, by_name: dict[str, KernelInfo]) -> dict:
+def predict(cfg: KernelReportConfig, tile: int, geometry, by_name: dict[str, KernelInfo]) -> dict:
     """Images/s of ``fit()`` on an H100 SXM for this tile size (model in the docstring)."""
     raster = by_name["raster_tiles"]
     fwd = raster.loops.get("forward")
     bwd = raster.loops.get("backward")
     if fwd is None or bwd is None:
         raise RuntimeError(f"tile {tile}: hot loops not found in the SASS")
-    layout = structured_layout(args.gaussians, args.size, tile)
+    layout = structured_layout(cfg.gaussians, cfg.size, tile)
     warps = geometry.threads // gpu.WARP
     rows = geometry.rows
     loop_instructions = fwd["instructions"] + bwd["instructions"]
@@ -327,18 +344,18 @@ def predict(args: argparse.Namespace, tile: int, geometry, by_name: dict[str, Ke
         + layout["tiles"] * layout["words_per_tile"] * word_overhead
         + layout["tiles"] * block_overhead
     )
-    splat_warps = math.ceil(args.gaussians / gpu.WARP)
+    splat_warps = math.ceil(cfg.gaussians / gpu.WARP)
     per_image_other = (
         splat_warps * by_name["project"].sass_instructions
-        + math.ceil(8 * args.gaussians / gpu.WARP) * by_name["adam_step"].sass_instructions
+        + math.ceil(8 * cfg.gaussians / gpu.WARP) * by_name["adam_step"].sass_instructions
     )
-    issue_rate = args.sms * 4 * args.clock_ghz * 1e9 * args.efficiency  # warp instr / s
+    issue_rate = cfg.sms * 4 * cfg.clock_ghz * 1e9 * cfg.efficiency  # warp instr / s
     t_issue = (per_image_raster + per_image_other) / issue_rate
     mufu = 2 * layout["pairs_per_pass"]
-    t_mufu = mufu / (args.sms * MUFU_PER_SM_CLOCK * args.clock_ghz * 1e9)
-    target_bytes = args.size * args.size * 3 * 4
-    t_target = target_bytes / (args.bandwidth_tbs * 1e12)
-    t_torch = TORCH_PASSES * args.gaussians * 8 * 4 / (args.bandwidth_tbs * 1e12)
+    t_mufu = mufu / (cfg.sms * MUFU_PER_SM_CLOCK * cfg.clock_ghz * 1e9)
+    target_bytes = cfg.size * cfg.size * 3 * 4
+    t_target = target_bytes / (cfg.bandwidth_tbs * 1e12)
+    t_torch = TORCH_PASSES * cfg.gaussians * 8 * 4 / (cfg.bandwidth_tbs * 1e12)
     per_iteration = max(t_issue, t_mufu, t_target) + t_torch
     return {
         "layout": layout,
@@ -356,43 +373,42 @@ def predict(args: argparse.Namespace, tile: int, geometry, by_name: dict[str, Ke
         "bound": max(
             ("issue", t_issue), ("mufu", t_mufu), ("target_read", t_target), key=lambda kv: kv[1]
         )[0],
-        "images_per_s": 1.0 / (args.iters * per_iteration),
+        "images_per_s": 1.0 / (cfg.iters * per_iteration),
         "assumptions": {
-            "batch": args.batch,
-            "gaussians": args.gaussians,
-            "size": args.size,
-            "iters": args.iters,
-            "sms": args.sms,
-            "clock_ghz": args.clock_ghz,
-            "efficiency": args.efficiency,
-            "bandwidth_tbs": args.bandwidth_tbs,
+            "batch": cfg.batch,
+            "gaussians": cfg.gaussians,
+            "size": cfg.size,
+            "iters": cfg.iters,
+            "sms": cfg.sms,
+            "clock_ghz": cfg.clock_ghz,
+            "efficiency": cfg.efficiency,
+            "bandwidth_tbs": cfg.bandwidth_tbs,
         },
     }
 
 
 def print_report(result: dict) -> None:
-    print(
-        f"{'kernel':<13} {'tile':>4} {'threads':>7} {'regs':>4} {'smem B':>6} {'spill B':>7} "
-        f"{'stack B':>7} {'occupancy':>9} {'SASS':>5}"
+    keys = ["name", "tile", "threads", "registers", "shared_bytes", "spill_bytes"]
+    keys += ["stack_bytes", "occupancy", "sass_instructions"]
+    print_table(
+        ["kernel", "tile", "threads", "regs", "smem B", "spill B", "stack B", "occupancy", "SASS"],
+        [[k[key] for key in keys] for k in result["kernels"]],
+        [""] * 7 + [".0%"],
     )
-    for k in result["kernels"]:
-        print(
-            f"{k['name']:<13} {k['tile']:>4} {k['threads']:>7} {k['registers']:>4} "
-            f"{k['shared_bytes']:>6} {k['spill_bytes']:>7} {k['stack_bytes']:>7} "
-            f"{k['occupancy']:>9.0%} {k['sass_instructions']:>5}"
-        )
     print()
-    print(
-        f"{'tile':>4} {'rows':>4} {'entries/img':>11} {'fwd/pair':>8} {'bwd/pair':>8} "
-        f"{'Mwarp-instr/img-it':>18} {'bound':>11} {'pred. img/s':>11}"
-    )
-    for tile, m in result["model"].items():
-        print(
-            f"{tile:>4} {m['rows_per_thread']:>4} {m['layout']['entries']:>11} "
-            f"{m['sass_per_pair_forward']:>8.2f} {m['sass_per_pair_backward']:>8.2f} "
-            f"{m['warp_instructions_per_image_iteration'] / 1e6:>18.3f} {m['bound']:>11} "
-            f"{m['images_per_s']:>11.0f}"
-        )
+    print_table(
+        ["tile", "rows", "entries/img", "fwd/pair", "bwd/pair", "Mwarp-instr/img-it", "bound"]
+        + ["pred. img/s"],
+        [
+            [
+                tile, m["rows_per_thread"], m["layout"]["entries"], m["sass_per_pair_forward"],
+                m["sass_per_pair_backward"], m["warp_instructions_per_image_iteration"] / 1e6,
+                m["bound"], m["images_per_s"],
+            ]
+            for tile, m in result["model"].items()
+        ],
+        ["", "", "", ".2f", ".2f", ".3f", "", ".0f"],
+    )  # fmt: skip
     a = next(iter(result["model"].values()))["assumptions"]
     print(
         f"\nprediction (tile {result['predicted_tile']}): {result['predicted_images_per_s']:.0f} "
@@ -402,43 +418,39 @@ def print_report(result: dict) -> None:
     )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--tiles", default=",".join(map(str, gpu.TILES)), help="comma list of tile sizes"
-    )
-    parser.add_argument("--batch", type=int, default=4096)
-    parser.add_argument("--gaussians", type=int, default=400)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--iters", type=int, default=100)
-    parser.add_argument("--sms", type=int, default=132, help="H100 SXM: 132")
-    parser.add_argument("--clock-ghz", type=float, default=1.755, help="sustained SM clock")
-    parser.add_argument("--efficiency", type=float, default=0.85, help="share of issue slots used")
-    parser.add_argument("--bandwidth-tbs", type=float, default=3.35, help="HBM3 bandwidth")
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, KernelReportConfig]:
+    parser = tool_parser(__doc__, KernelReportConfig)
+    parser.add_argument("--tiles", type=_ints, help="comma list of tile sizes (default 8,16,32)")
+    for name in ("batch", "gaussians", "size", "iters", "sms"):
+        parser.add_argument(f"--{name}", type=int)
+    parser.add_argument("--clock-ghz", type=float, help="sustained SM clock")
+    parser.add_argument("--efficiency", type=float, help="share of issue slots used")
+    parser.add_argument("--bandwidth-tbs", type=float, help="HBM3 bandwidth")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--sass-dir", type=Path, help="keep the PTX, cubins and SASS here")
-    args = parser.parse_args(argv)
+    args, cfg = parse_tool_args(parser, KernelReportConfig, argv)
     try:
-        args.tiles = [int(t) for t in args.tiles.split(",") if t]
-        for tile in args.tiles:
+        for tile in cfg.tiles:
             gpu.check_tile(tile)
     except ValueError as err:
         parser.error(str(err))
-    if not 0 < args.efficiency <= 1:
-        parser.error("--efficiency must lie in (0, 1]")
-    return args
+    if not 0 < cfg.efficiency <= 1:
+        parser.error("efficiency must lie in (0, 1]")
+    return args, cfg
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    args, cfg = parse_args(argv)
     if args.sass_dir:
         args.sass_dir.mkdir(parents=True, exist_ok=True)
-        result = report(args, args.sass_dir)
+        result = report(cfg, args.sass_dir)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = report(args, Path(tmp))
+            result = report(cfg, Path(tmp))
     print_report(result)
     if args.json:
         write_json(args.json, result)

@@ -28,6 +28,7 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -35,13 +36,29 @@ from urllib.request import url2pathname
 from PIL import Image
 from tqdm.auto import tqdm
 
+from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.data.shards import parse_meta
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.data.writer import ShardWriter, shard_pattern
 from streamfit.report import print_key_values, write_json
 
-log = logging.getLogger("make_shards")
+log = logging.getLogger("streamfit.make_shards")
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
+
+
+@dataclass
+class ShardsConfig:
+    """Shard size and names, a caption table's columns (``folder``) and the shapes dataset's
+    size (``synthetic``)."""
+
+    shard_size: int = 1000
+    prefix: str = "shard"
+    path_column: str = "path"
+    caption_column: str = "caption"
+    n_train: int = 4000
+    n_heldout: int = 800
+    image_size: int = 64
+    seed: int = 0
 
 
 def read_caption_table(path: Path, path_column: str, caption_column: str) -> dict[str, str]:
@@ -134,12 +151,12 @@ def folder_samples(
         yield path, caption.strip(), extra
 
 
-def write_folder(args: argparse.Namespace) -> dict:
+def write_folder(args: argparse.Namespace, cfg: ShardsConfig) -> dict:
     skipped: Counter[str] = Counter()
     captions = None
     if args.captions:
-        captions = read_caption_table(args.captions, args.path_column, args.caption_column)
-    writer = ShardWriter(args.out, prefix=args.prefix, shard_size=args.shard_size)
+        captions = read_caption_table(args.captions, cfg.path_column, cfg.caption_column)
+    writer = ShardWriter(args.out, prefix=cfg.prefix, shard_size=cfg.shard_size)
     samples = list(folder_samples(args.src, captions, skipped))
     for path, caption, extra in tqdm(samples, desc="shards", unit="image"):
         rel = source_name(path, args.src)
@@ -171,9 +188,9 @@ def write_folder(args: argparse.Namespace) -> dict:
     }
 
 
-def write_synthetic(args: argparse.Namespace) -> dict:
+def write_synthetic(args: argparse.Namespace, cfg: ShardsConfig) -> dict:
     dataset = write_synthetic_dataset(
-        args.out, args.n_train, args.n_heldout, args.image_size, args.shard_size, args.seed
+        args.out, cfg.n_train, cfg.n_heldout, cfg.image_size, cfg.shard_size, cfg.seed
     )
     return {
         "train": dataset.train,
@@ -185,10 +202,7 @@ def write_synthetic(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = tool_parser(__doc__, ShardsConfig)
     sub = parser.add_subparsers(dest="source", required=True)
     folder = sub.add_parser("folder", help="a folder of images with captions")
     folder.add_argument("src", type=Path, help="folder of images")
@@ -196,29 +210,30 @@ def main(argv: list[str] | None = None) -> int:
         "--captions", type=Path, help="CSV/TSV/Parquet of image path + caption (columns above)"
     )
     folder.add_argument(
-        "--path-column", default="path", help="relative to SRC, absolute, or file:// URL"
+        "--path-column", help="relative to SRC, absolute, or file:// URL (default path)"
     )
-    folder.add_argument("--caption-column", default="caption")
-    folder.add_argument("--prefix", default="shard", help="shard names: PREFIX-000000.tar")
+    folder.add_argument("--caption-column", help="default caption")
+    folder.add_argument("--prefix", help="shard names: PREFIX-000000.tar (default shard)")
     synthetic = sub.add_parser("synthetic", help="the procedural shapes dataset")
-    synthetic.add_argument("--n-train", type=int, default=4000)
-    synthetic.add_argument("--n-heldout", type=int, default=800)
-    synthetic.add_argument("--image-size", type=int, default=64)
-    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--n-train", type=int, help="default 4000")
+    synthetic.add_argument("--n-heldout", type=int, help="default 800")
+    synthetic.add_argument("--image-size", type=int, help="default 64")
+    synthetic.add_argument("--seed", type=int, help="default 0")
     for p in (folder, synthetic):
         p.add_argument("--out", type=Path, required=True, help="output folder")
-        p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+        p.add_argument("--shard-size", type=int, help="samples per shard (default 1000)")
         p.add_argument("--json", type=Path, help="write the summary here")
-    args = parser.parse_args(argv)
-    if args.shard_size < 1:
-        parser.error(f"--shard-size must be >= 1, got {args.shard_size}")
+    args, cfg = parse_tool_args(parser, ShardsConfig, argv)
+    if cfg.shard_size < 1:
+        parser.error(f"shard_size must be >= 1, got {cfg.shard_size}")
     if args.source == "folder" and not args.src.is_dir():
         parser.error(f"not a folder: {args.src}")
     if args.source == "folder" and args.captions and not args.captions.is_file():
         parser.error(f"no such caption table: {args.captions}")
-    if args.source == "synthetic" and min(args.n_train, args.n_heldout) < 0:
-        parser.error("--n-train and --n-heldout must be >= 0")
-    summary = write_folder(args) if args.source == "folder" else write_synthetic(args)
+    if args.source == "synthetic" and min(cfg.n_train, cfg.n_heldout) < 0:
+        parser.error("n_train and n_heldout must be >= 0")
+    write = write_folder if args.source == "folder" else write_synthetic
+    summary = write(args, cfg)
     print_key_values(summary)
     if args.json:
         write_json(args.json, summary)

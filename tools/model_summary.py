@@ -14,31 +14,17 @@ offline in seconds.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.models import GSModelConfig, build_gs_clip, load_teacher
-from streamfit.report import write_json
-
-
-def resolve_config(path: str | None, overrides: Sequence[str], model: str | None) -> GSModelConfig:
-    """Defaults <- YAML file (or its ``model:`` section) <- ``--model`` <- ``key=value``."""
-    merged = OmegaConf.structured(GSModelConfig)
-    if path is not None:
-        data = OmegaConf.load(path)
-        merged = OmegaConf.merge(merged, data.model if "model" in data else data)
-    if model is not None:
-        merged.model_name = model
-    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+from streamfit.report import format_table, write_json
 
 
 def count_by_child(module: nn.Module) -> dict[str, int]:
@@ -88,60 +74,55 @@ def summarize(cfg: GSModelConfig) -> dict[str, Any]:
     }
 
 
-def _m(n: int) -> str:
-    return f"{n / 1e6:9.3f}M"
+def _m(n: int) -> float:
+    return n / 1e6
 
 
-def format_table(summary: dict[str, Any]) -> str:
+def format_summary(summary: dict[str, Any]) -> str:
     cfg = summary["config"]
-    lines = [
-        f"model {cfg['model_name']}  ({'from scratch' if cfg['from_scratch'] else 'adapted'})",
-        "",
-        "RGB image encoder",
-        f"  {'part':<24}{'params':>10}",
+    rgb = [*summary["rgb_vision_parts"].items(), ("total", summary["vision_params_rgb"])]
+    gs = [[part, row["total"], row["trainable"]] for part, row in summary["gs_parts"].items()]
+    gs += [
+        ["total", summary["gs_total_params"], summary["gs_trainable_params"]],
+        ["vision encoder", summary["gs_vision_params"], summary["gs_vision_trainable_params"]],
     ]
-    for part, n in summary["rgb_vision_parts"].items():
-        lines.append(f"  {part:<24}{_m(n)}")
-    lines += [
-        f"  {'total':<24}{_m(summary['vision_params_rgb'])}",
-        "",
-        "GS-CLIP",
-        f"  {'part':<24}{'params':>10}{'trainable':>11}",
-    ]
-    for part, row in summary["gs_parts"].items():
-        lines.append(f"  {part:<24}{_m(row['total'])} {_m(row['trainable'])}")
-    lines += [
-        f"  {'total':<24}{_m(summary['gs_total_params'])} {_m(summary['gs_trainable_params'])}",
-        f"  {'vision encoder':<24}{_m(summary['gs_vision_params'])} "
-        f"{_m(summary['gs_vision_trainable_params'])}",
-        "",
-        "optimiser groups (lr = base lr x scale)",
-    ]
-    for g in summary["param_groups"]:
-        lines.append(f"  {g['name']:<24}{_m(g['params'])}  x{g['lr_scale']:g}")
+    groups = [[g["name"], g["params"], f"x{g['lr_scale']:g}"] for g in summary["param_groups"]]
     vision_fraction = summary["gs_vision_trainable_params"] / summary["gs_vision_params"]
-    lines += [
-        "",
-        f"trainable fraction of GS-CLIP: {100 * summary['trainable_fraction']:.2f}%"
-        f" (of its image encoder: {100 * vision_fraction:.2f}%)",
-        f"embedding width: {summary['embed_dim']}, resampler tokens: {summary['num_tokens']}",
-    ]
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            f"model {cfg['model_name']}  ({'from scratch' if cfg['from_scratch'] else 'adapted'})",
+            "",
+            "RGB image encoder",
+            format_table(["part", "params (M)"], [[p, _m(n)] for p, n in rgb], ["", ".3f"]),
+            "",
+            "GS-CLIP",
+            format_table(
+                ["part", "params (M)", "trainable (M)"],
+                [[p, _m(a), _m(b)] for p, a, b in gs],
+                ["", ".3f", ".3f"],
+            ),
+            "",
+            "optimiser groups (lr = base lr x scale)",
+            format_table(
+                ["group", "params (M)", "lr scale"],
+                [[n, _m(p), x] for n, p, x in groups],
+                ["", ".3f"],
+            ),
+            "",
+            f"trainable fraction of GS-CLIP: {100 * summary['trainable_fraction']:.2f}%"
+            f" (of its image encoder: {100 * vision_fraction:.2f}%)",
+            f"embedding width: {summary['embed_dim']}, resampler tokens: {summary['num_tokens']}",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="YAML of GSModelConfig fields (or with a model: section)")
-    parser.add_argument("--model", help="open_clip model name (overrides the config's)")
+    parser = tool_parser(__doc__.split("\n\n")[0], GSModelConfig)
+    parser.add_argument("--model", dest="model_name", help="open_clip model name")
     parser.add_argument("--json", type=Path, help="write the summary as JSON here")
-    parser.add_argument("overrides", nargs="*", help="GSModelConfig key=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = resolve_config(args.config, args.overrides, args.model)
-    except (OmegaConfBaseException, ValueError, FileNotFoundError) as err:
-        parser.error(f"bad config: {err}")
+    args, cfg = parse_tool_args(parser, GSModelConfig, argv, section="model")
     summary = summarize(cfg)
-    print(format_table(summary))
+    print(format_summary(summary))
     if args.json is not None:
         write_json(args.json, summary)
         print(f"wrote {args.json}")

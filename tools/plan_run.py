@@ -47,7 +47,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from streamfit.report import print_key_values, write_json
+from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.report import print_key_values, print_table, write_json
 from streamfit.splats import BYTES_PER_SPLAT
 
 GIB = 1024**3
@@ -527,9 +528,49 @@ def demo_checks(live: dict, summary: Path | None) -> dict:
     return checks
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="datacomp-small")
+@dataclass
+class PlanConfig:
+    """A preset, and what to change of it (unset: the preset's value); the rates given here
+    replace measured or assumed ones."""
+
+    preset: str = "datacomp-small"
+    # cluster
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    cpus_per_node: int | None = None
+    read_gbps: float | None = None  # shard reading, GB/s per node
+    cache_max_bytes: float | None = None  # splat cache per node
+    # measured rates
+    fit_json: str | None = None  # a tools/benchmark_fit.py JSON
+    fit_rate: float | None = None  # fit images/s per GPU
+    train_rate: float | None = None  # training samples/s per GPU
+    eval_rate: float | None = None  # evaluation images/s per GPU
+    decode_rate: float | None = None  # image decodes/s per CPU core
+    loader_rate: float | None = None  # cached samples/s per CPU core
+    # dataset and recipe
+    samples: int | None = None
+    shards: int | None = None
+    bytes_per_sample: float | None = None
+    epochs: int | None = None
+    gaussians: int | None = None
+    iters: int | None = None
+    image_size: int | None = None
+    eval_samples: int | None = None
+    schedule: str | None = None  # node | global
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}")
+        if self.schedule not in (None, "node", "global"):
+            raise ValueError(f"schedule must be node or global, got {self.schedule!r}")
+        for name, value in asdict(self).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, PlanConfig]:
+    p = tool_parser(__doc__, PlanConfig)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="default datacomp-small")
     g = p.add_argument_group("cluster")
     g.add_argument("--nodes", type=int)
     g.add_argument("--gpus-per-node", type=int)
@@ -537,7 +578,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--read-gbps", type=float, help="shard reading, GB/s per node")
     g.add_argument("--cache-max-bytes", type=float, help="splat cache per node")
     g = p.add_argument_group("measured rates")
-    g.add_argument("--fit-json", type=Path, help="tools/benchmark_fit.py JSON")
+    g.add_argument("--fit-json", help="tools/benchmark_fit.py JSON")
     g.add_argument("--fit-rate", type=float, help="fit images/s per GPU")
     g.add_argument("--train-rate", type=float, help="training samples/s per GPU")
     g.add_argument("--eval-rate", type=float, help="evaluation images/s per GPU")
@@ -564,21 +605,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="compare with this demo run's summary.json instead of BENCHMARKS.md's figures",
     )
     p.add_argument("--json", type=Path, help="write the plan here")
-    args = p.parse_args(argv)
-    for name, value in vars(args).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
-    return args
+    return parse_tool_args(p, PlanConfig, argv)
 
 
-def resolve(
-    args: argparse.Namespace, live: dict | None
-) -> tuple[Cluster, Rates, Dataset, Recipe, str]:
-    """The preset with the flags given on top (the demo's rates: those ``live`` measured)."""
-    cluster, data, recipe, title = PRESETS[args.preset]
+def resolve(cfg: PlanConfig, live: dict | None) -> tuple[Cluster, Rates, Dataset, Recipe, str]:
+    """The preset with the settings given on top (the demo's rates: those ``live`` measured)."""
+    cluster, data, recipe, title = PRESETS[cfg.preset]
 
     def given(obj, names: tuple[str, ...]):
-        return replace(obj, **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+        return replace(obj, **{n: getattr(cfg, n) for n in names if getattr(cfg, n) is not None})
 
     cluster = given(
         cluster, ("nodes", "gpus_per_node", "cpus_per_node", "read_gbps", "cache_max_bytes")
@@ -587,18 +622,18 @@ def resolve(
     recipe = given(
         recipe, ("epochs", "gaussians", "iters", "image_size", "eval_samples", "schedule")
     )
-    if live is not None and args.preset == "demo":
+    if live is not None and cfg.preset == "demo":
         rates = live["rates"]
         recipe = replace(recipe, checkpoint_seconds=live["checkpoint_s"])
     else:
         rates = Rates()
-        if args.fit_json is not None:
-            rates.fit, rates.sources["fit"] = fit_rate_from_json(args.fit_json, recipe)
+        if cfg.fit_json is not None:
+            rates.fit, rates.sources["fit"] = fit_rate_from_json(Path(cfg.fit_json), recipe)
     for name in ("fit", "train", "eval", "decode", "loader"):
-        value = getattr(args, f"{name}_rate")
+        value = getattr(cfg, f"{name}_rate")
         if value is not None:
             setattr(rates, name, value)
-            rates.sources[name] = f"given (--{name}-rate)"
+            rates.sources[name] = f"given ({name}_rate)"
     return cluster, default_rates(recipe, data, rates), data, recipe, title
 
 
@@ -611,15 +646,17 @@ def report(
         f"{recipe.schedule} schedule; {recipe.epochs} epochs x {data.samples} samples, "
         f"{recipe.gaussians} splats, {recipe.iters} iterations"
     )
-    head = f"{'epoch':>5} {'seconds':>10} {'hit%':>6} {'fit s':>10} {'train s':>10} {'cpu s':>10} {'io s':>9}  bound"
-    print(head)
-    print("-" * len(head))
-    for e in out["epochs"]:
-        print(
-            f"{e['epoch']:>5} {e['seconds']:>10.1f} {100 * e['cache_hit_rate']:>6.0f} "
-            f"{e['fit_s']:>10.1f} {e['train_s'] + e['eval_s']:>10.1f} {e['cpu_s']:>10.1f} "
-            f"{e['io_s']:>9.1f}  {e['bound']}"
-        )
+    print_table(
+        ["epoch", "seconds", "hit%", "fit s", "train s", "cpu s", "io s", "bound"],
+        [
+            [
+                e["epoch"], e["seconds"], 100 * e["cache_hit_rate"], e["fit_s"],
+                e["train_s"] + e["eval_s"], e["cpu_s"], e["io_s"], e["bound"],
+            ]
+            for e in out["epochs"]
+        ],
+        ["", ".1f", ".0f", ".1f", ".1f", ".1f", ".1f"],
+    )  # fmt: skip
     print_key_values(
         {
             "wall time": f"{out['wall_hours']:.2f} h ({out['wall_seconds']:.0f} s)",
@@ -631,24 +668,28 @@ def report(
         }
     )
     print("rates:")
-    for name, source in rates.sources.items():
-        print(f"  {name:<7} {getattr(rates, name):>10.1f}  {source}")
+    print_table(
+        ["rate", "per s", "source"],
+        [[name, getattr(rates, name), source] for name, source in rates.sources.items()],
+        ["", ".1f"],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, cfg = parse_args(argv)
     try:
         live = None
-        if args.preset == "demo" or args.check_demo:
-            live = demo_check_live(args.fit_json if args.preset == "demo" else None)
-        cluster, rates, data, recipe, title = resolve(args, live)
+        if cfg.preset == "demo" or args.check_demo:
+            fit_json = Path(cfg.fit_json) if cfg.fit_json and cfg.preset == "demo" else None
+            live = demo_check_live(fit_json)
+        cluster, rates, data, recipe, title = resolve(cfg, live)
         out = plan(cluster, rates, data, recipe)
     except (ValueError, KeyError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     report(title, cluster, rates, data, recipe, out)
     result = {
-        "preset": args.preset,
+        "preset": cfg.preset,
         "cluster": asdict(cluster),
         "dataset": asdict(data),
         "recipe": asdict(recipe),

@@ -25,11 +25,13 @@ import torch
 import yaml
 from open_clip.model import get_model_preprocess_cfg
 
+from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.config import load_config
 from streamfit.data import DataConfig
 from streamfit.eval import EvalConfig, zero_shot, zero_shot_setup
 from streamfit.eval.weights import locate_weights, read_weights
 from streamfit.fit import FitConfig, get_backend
+from streamfit.hardware import resolve_device
 from streamfit.models import (
     GSModelConfig,
     RGBModelConfig,
@@ -37,27 +39,30 @@ from streamfit.models import (
     load_teacher,
     rgb_normaliser,
 )
-from streamfit.report import setup_logging, write_json
+from streamfit.report import print_key_values, setup_logging, write_json
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, EvalConfig]:
+    p = tool_parser(__doc__, EvalConfig)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory (config.yaml + weights)")
     src.add_argument("--checkpoint", help="checkpoint directory (step-N with config.yaml)")
     src.add_argument("--model", help="open_clip model name (RGB)")
     p.add_argument("--pretrained", help="with --model: open_clip tag or weights file")
     p.add_argument("--model-kwargs", default="{}", help="with --model: JSON config overrides")
-    p.add_argument("--data", required=True, help="ImageFolder directory or shard pattern")
-    p.add_argument("--classnames", default="imagenet", help="imagenet | .txt | .json file")
-    p.add_argument("--templates", default="", help="openai | simple | .txt file (default: auto)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-samples", type=int, default=0, help="0: all")
+    p.add_argument("--data", help="ImageFolder directory or shard pattern")
+    p.add_argument("--classnames", help="imagenet (default) | .txt | .json file")
+    p.add_argument("--templates", help="openai | simple | .txt file (default: auto)")
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--max-samples", type=int, help="0 (default): all")
     p.add_argument("--cache-dir", help="GS: splat cache (default: the run's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--per-class-csv", help="write per-class top-1 here")
-    return p.parse_args(argv)
+    args, cfg = parse_tool_args(p, EvalConfig, argv, section="eval")
+    if not cfg.data:
+        p.error("no labelled data: give --data or data=...")
+    return args, cfg
 
 
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, FitConfig | None]:
@@ -92,18 +97,14 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, F
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse(argv)
+    args, eval_cfg = parse(argv)
     setup_logging(0)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device = resolve_device(args.device)
     model, data_cfg, gs_fit = load_model(args)
     model.to(device)
     if args.cache_dir is not None:
         data_cfg = replace(data_cfg, cache_dir=args.cache_dir)
-    setup = zero_shot_setup(
-        EvalConfig(args.data, args.classnames, args.templates, args.batch_size, args.max_samples)
-    )
+    setup = zero_shot_setup(eval_cfg)
     if gs_fit is not None:
 
         def encode(batch):
@@ -119,21 +120,19 @@ def main(argv: list[str] | None = None) -> dict:
 
         fit_cfg = backend = None
     result, extras = zero_shot(model, encode, setup, data_cfg, device, 0, 1, fit_cfg, backend)
-    out = {**result.to_dict(), **extras, "model": "gs" if gs_fit else "rgb", "data": args.data}
-    rows = [
-        ("top-1", f"{100 * result.top1:.2f}%"),
-        ("top-5", f"{100 * result.top5:.2f}%"),
-        ("chance top-1", f"{100 * result.chance_top1:.2f}%"),
-        ("samples", str(result.samples)),
-        ("classes", str(len(result.classnames))),
-    ]
+    out = {**result.to_dict(), **extras, "model": "gs" if gs_fit else "rgb", "data": eval_cfg.data}
+    rows = {
+        "top-1": f"{100 * result.top1:.2f}%",
+        "top-5": f"{100 * result.top5:.2f}%",
+        "chance top-1": f"{100 * result.chance_top1:.2f}%",
+        "samples": result.samples,
+        "classes": len(result.classnames),
+    }
     if "splats_per_image" in extras:
-        rows += [
-            ("splats per image", f"{extras['splats_per_image']:.1f}"),
-            ("compression ratio", f"{extras['compression_ratio']:.1f}x"),
-            ("cache hit rate", f"{100 * extras['cache_hit_rate']:.1f}%"),
-        ]
-    print("\n".join(f"{name:<18}{value:>10}" for name, value in rows))
+        rows["splats per image"] = f"{extras['splats_per_image']:.1f}"
+        rows["compression ratio"] = f"{extras['compression_ratio']:.1f}x"
+        rows["cache hit rate"] = f"{100 * extras['cache_hit_rate']:.1f}%"
+    print_key_values(rows)
     if args.json:
         write_json(args.json, out)
         print(f"json: {args.json}")

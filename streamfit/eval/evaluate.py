@@ -20,7 +20,7 @@ from streamfit.eval.zeroshot import (
     load_templates,
 )
 from streamfit.fit import FitBackend, FitConfig
-from streamfit.splats import BYTES_PER_SPLAT
+from streamfit.splats import compression_ratio
 
 
 @dataclass
@@ -112,7 +112,9 @@ def zero_shot(
     if fit_cfg is not None and counts[1] > 0:
         per_image = float(counts[1] / counts[0])
         extras["splats_per_image"] = per_image
-        extras["compression_ratio"] = data_cfg.image_size**2 * 3 / (per_image * BYTES_PER_SPLAT)
+        extras["compression_ratio"] = compression_ratio(
+            data_cfg.image_size, data_cfg.image_size, per_image
+        )
         extras["cache_hit_rate"] = float(counts[2] / counts[3]) if counts[3] else float("nan")
         extras["fit_failed"] = float(counts[4])
     return tally.result(), extras

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass
+
+from streamfit.schedule import warmup_cosine
 
 # Version of the fitting method: bumped whenever the code (not the settings) changes what a fit
 # produces, so splats cached by an older method are never served as current.
@@ -98,16 +99,10 @@ class FitConfig:
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of every learning rate at iteration ``step`` (0-based)."""
-        if self.warmup_iters and step < self.warmup_iters:
-            return (step + 1) / self.warmup_iters
-        if self.lr_schedule == "constant" or self.iters <= 1:
-            return 1.0
+        constant = self.lr_schedule == "constant" or self.iters <= 1
+        floor = 1.0 if constant else self.lr_final_fraction
         start = self.warmup_iters + int(self.lr_hold * (self.iters - self.warmup_iters))
-        if step < start:
-            return 1.0
-        progress = (step - start) / max(1, self.iters - 1 - start)
-        floor = self.lr_final_fraction
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return warmup_cosine(step, self.warmup_iters, start, self.iters - 1, floor)
 
     def is_prune_step(self, step: int) -> bool:
         """Whether luminance pruning runs after iteration ``step`` (0-based)."""

@@ -21,7 +21,7 @@ from streamfit.models.config import GSModelConfig
 from streamfit.models.resampler import PerceiverResampler
 from streamfit.models.stem import GSStem
 from streamfit.models.teacher import load_teacher
-from streamfit.splats import BYTES_PER_SPLAT, Splats
+from streamfit.splats import BYTES_PER_SPLAT, Splats, compression_ratio
 
 # Parameter name prefix -> part of the model, in order (first match wins). Parts name the rows
 # of parameter summaries; PART_GROUP maps them to optimiser groups.
@@ -79,7 +79,7 @@ def input_bytes(mask: torch.Tensor, height: int, width: int) -> dict[str, float]
     return {
         "splat_bytes": float(splat_bytes),
         "rgb_bytes": float(rgb_bytes),
-        "compression": rgb_bytes / splat_bytes if splat_bytes else float("inf"),
+        "compression": compression_ratio(height, width, n_splats, n_images),
         "splats_per_image": n_splats / max(n_images, 1),
     }
 

@@ -13,21 +13,15 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-# Dense bf16 peak per device (TFLOP/s), for MFU when train.peak_tflops is not set.
-_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+from streamfit.hardware import peak_tflops
 
 
 def peak_flops(configured_tflops: float, device: torch.device) -> float:
-    """Peak FLOP/s of one device: the configured figure, else a known GPU's, else 0
-    (unknown: the utilisation figure is then the compute share of step time)."""
+    """Peak FLOP/s of one device: the configured figure, else a known GPU's dense bf16
+    peak, else 0 (unknown: the utilisation figure is then the compute share of step time)."""
     if configured_tflops > 0:
         return configured_tflops * 1e12
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in _PEAK_TFLOPS.items():
-            if key in name:
-                return tflops * 1e12
-    return 0.0
+    return (peak_tflops(device, "bf16") or 0.0) * 1e12
 
 
 def count_flops(fn: Any, *args: Any) -> float:

@@ -3,10 +3,10 @@ each parameter group's own peak lr, so lr multipliers between groups hold at eve
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+
+from streamfit.schedule import warmup_cosine
 
 
 class WarmupCosine:
@@ -20,10 +20,7 @@ class WarmupCosine:
         self.warmup, self.total, self.min_ratio = warmup, max(total, 1), min_ratio
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine(step, self.warmup, self.warmup, self.total, self.min_ratio)
 
 
 def build_scheduler(

@@ -7,6 +7,7 @@ import importlib
 import torch
 
 from streamfit.fit.backends.base import FitBackend
+from streamfit.hardware import resolve_device
 
 # name -> (module, class); imported lazily so numba is only loaded when asked for
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -15,12 +16,6 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "cuda": ("streamfit.fit.backends.cuda", "CudaBackend"),
 }
 BACKENDS = tuple(_REGISTRY)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def get_backend(name: str = "auto", device: str = "auto") -> FitBackend:

@@ -18,7 +18,8 @@ class TorchBackend(FitBackend):
     def _chunks(self, params: torch.Tensor, height: int, width: int) -> list[slice]:
         per_image = max(1, params.shape[1] * height * width)
         step = max(1, _MAX_ELEMENTS // per_image)
-        return [slice(i, i + step) for i in range(0, params.shape[0], step)]
+        # an empty batch is one empty chunk: the results keep their shapes
+        return [slice(i, i + step) for i in range(0, max(1, params.shape[0]), step)]
 
     @torch.no_grad()
     def render(
@@ -38,5 +39,6 @@ class TorchBackend(FitBackend):
                 mse = (render(p, mask[c], height, width) - target[c]).pow(2).flatten(1).mean(1)
                 (grad,) = torch.autograd.grad(mse.sum(), p)
             losses.append(mse.detach())
-            grads.append(grad * mask[c, :, None])
+            # where, not a product: a masked splat's NaN must not leak into its gradient
+            grads.append(torch.where(mask[c, :, None], grad, 0.0))
         return torch.cat(losses), torch.cat(grads)

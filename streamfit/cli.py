@@ -1,0 +1,94 @@
+"""The command line every tool shares: its own flags, ``--config FILE`` and ``key=value``
+overrides of one typed config (the tool's dataclass, or a library one such as ``FitConfig``).
+
+Precedence, lowest first: the schema's defaults, the tool's own defaults, the config file,
+the flags given, the ``key=value`` overrides. ``key=value`` items may stand anywhere on the
+line (before or after the flags and the tool's positional arguments).
+
+Logging is set up with the parse: streamfit's INFO lines (loggers named ``streamfit...``)
+and other libraries' from WARNING only (open_clip logs every model build at INFO through
+the root logger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from streamfit.config import ConfigError, load_config
+
+T = TypeVar("T")
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def tool_parser(description: str | None, schema: type) -> argparse.ArgumentParser:
+    """A parser with ``--config FILE`` for ``schema``; the tool adds its own flags."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawTextHelpFormatter,
+        epilog=f"key=value: set any {schema.__name__} field (nested keys with dots), "
+        "after the config file and the flags",
+    )
+    parser.add_argument("--config", help=f"YAML file of {schema.__name__} fields")
+    return parser
+
+
+def is_override(item: str) -> bool:
+    """``key=value`` rather than a path (an existing file named ``a=b`` stays a path)."""
+    return bool(_OVERRIDE.match(item)) and not Path(item).exists()
+
+
+def parse_tool_args(
+    parser: argparse.ArgumentParser,
+    schema: type[T],
+    argv: Sequence[str] | None = None,
+    flags: Mapping[str, str] | None = None,
+    defaults: Sequence[str] = (),
+    section: str | None = None,
+) -> tuple[argparse.Namespace, T]:
+    """Parse ``argv`` into the tool's namespace and a validated ``schema`` instance.
+
+    ``flags`` maps a flag's ``dest`` to the config key it sets (default: every flag whose
+    ``dest`` is a top-level field of ``schema``); a flag left at ``None`` sets nothing.
+    ``defaults`` (``key=value``) are the tool's own defaults, below the config file;
+    ``section``: a config file with this top-level key (a recipe's) gives that part.
+    A bad key or value exits with a one-line error naming it.
+    """
+    setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [item for item in argv if is_override(item)]
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help=f"{schema.__name__} overrides"
+    )
+    args = parser.parse_args([item for item in argv if item not in overrides])
+    if flags is None:
+        names = set(getattr(schema, "__dataclass_fields__", {}))
+        flags = {dest: dest for dest in vars(args) if dest in names}
+    given = [
+        f"{key}={getattr(args, dest)}"
+        for dest, key in flags.items()
+        if getattr(args, dest) is not None
+    ]
+    args.overrides = overrides
+    try:
+        cfg = load_config(
+            schema, args.config, [*given, *overrides], defaults=defaults, section=section
+        )
+    except (ConfigError, ValueError) as err:
+        parser.error(str(err))
+    return args, cfg
+
+
+def setup_logging() -> None:
+    """streamfit's INFO lines on stderr, other libraries' from WARNING (a no-op where the
+    root logger already has a handler)."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("streamfit").setLevel(logging.INFO)
