@@ -41,6 +41,8 @@ def setup_logging(rank: int) -> None:
         force=True,
     )
     logging.getLogger("streamfit").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
 def format_table(
     header: Sequence[str],
     rows: Iterable[Sequence[Any]],
