@@ -103,7 +103,9 @@ BACKGROUNDS = {
     "light green": (185, 235, 165),
 }
 SIZE_RANGE = (0.5, 0.8)  # shape extent as a fraction of the image side
-SHIFT = 0.12  # largest offset of the shape's centre from the image centre, in image sides
+# largest offset of the shape's centre from the image centre, in image sides (less where a
+# large shape would leave the image: a silhouette is always whole)
+SHIFT = 0.12
 # Captions and zero-shot templates are the same patterns: what pairs an image with its caption
 # is the shape name alone.
 TEMPLATES: tuple[str, ...] = (
@@ -158,7 +160,8 @@ def render_sample(rng: random.Random, label: int, image_size: int) -> tuple[Imag
     extent = rng.uniform(*SIZE_RANGE)
     big = image_size * _SUPERSAMPLE
     r = extent * big / 2
-    cx, cy = ((0.5 + rng.uniform(-SHIFT, SHIFT)) * big for _ in range(2))
+    shift = min(SHIFT, (1 - extent) / 2)
+    cx, cy = ((0.5 + rng.uniform(-shift, shift)) * big for _ in range(2))
 
     def jitter(rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
         return tuple(min(255, max(0, v + rng.randint(-amount, amount))) for v in rgb)  # type: ignore[return-value]
