@@ -190,10 +190,9 @@ def test_synthetic_dataset_layout(synthetic: Path) -> None:
     assert sorted(labels) == list(range(16))  # classes balanced
     for sample in train:
         meta = json.loads(sample.members["json"])
-        assert classes["classnames"][meta["label"]] == meta["classname"]
-        shape_colour = meta["classname"].split()
+        assert classes["classnames"][meta["label"]] == meta["classname"] == meta["shape"]
         caption = sample.members["txt"].decode()
-        assert all(word in caption for word in shape_colour)
+        assert caption in {t.format(meta["classname"]) for t in classes["templates"]}
 
 
 def test_benchmark_then_export_then_read_splat_shards(synthetic: Path, tmp_path: Path) -> None:
