@@ -34,6 +34,8 @@ def begin(cfg: RGBPretrainConfig | AdaptConfig) -> tuple[int, int, torch.device,
     saving the config), write the demo data when asked, and stop early on a missing input.
     Returns (rank, world size, device, run directory)."""
     rank, world, device = init_distributed()
+    if device.type == "cpu" and cfg.train.flush_denormal:
+        torch.set_flush_denormal(True)
     run_dir = start_run(cfg.run, cfg, rank)
     ensure_data(cfg.data, cfg.synthetic, rank)
     check_inputs(cfg)
