@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from cudasim.kernel_cases import (
+    blob_images,
     random_splats,
     reference_loss_and_grad,
     relative_error,
@@ -272,7 +273,7 @@ def test_fit_matches_torch_backend(
     kind, size = images.split()
     batch, height, width = (int(v) for v in size.split("x"))
     if kind == "smooth":
-        target = smooth_images(batch, height, width)
+        target = blob_images(batch, height, width, blobs=8, spread=6)
     else:
         target = torch.rand(batch, height, width, 3, generator=torch.Generator().manual_seed(0))
         target = target * 0.5 + 0.25
@@ -294,7 +295,7 @@ def test_fit_drops_an_image_with_a_non_finite_pixel(backend):
 def test_fit_drops_an_image_that_turns_non_finite_and_continues(backend, size, gaussians, iters):
     """Parameters of image 1 turn NaN after the third Adam step: only that image is dropped,
     the others end as they would have."""
-    images = smooth_images(3, size, size).to(backend.device)
+    images = blob_images(3, size, size, blobs=8, spread=6).to(backend.device)
     cfg = FitConfig(gaussians=gaussians, iters=iters)
     clean = fit(images, cfg, backend)
     step = backend.adam_step
@@ -327,19 +328,6 @@ def test_fit_from_a_background_thread(backend):
     worker.join()
     assert there["result"].splats.params.device == backend.device
     torch.testing.assert_close(there["result"].splats.params, here.splats.params)
-
-
-def smooth_images(batch: int, height: int, width: int) -> torch.Tensor:
-    """Sums of coloured Gaussian blobs: photo-like content that fits converge on."""
-    g = torch.Generator().manual_seed(0)
-    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-    img = torch.zeros(batch, height, width, 3)
-    for _ in range(8):
-        cx, cy = torch.rand(2, generator=g) * torch.tensor([width, height])
-        s = 3 + 6 * torch.rand(1, generator=g)
-        col = torch.rand(batch, 1, 1, 3, generator=g)
-        img += col * torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s**2))[None, :, :, None]
-    return img.clamp(0, 1)
 
 
 if not SIMULATOR:  # too large for the simulator; and the simulator's own run

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from cudasim.kernel_cases import blob_images
 
 from streamfit.fit import FitConfig, fit
 from streamfit.fit.backends import get_backend
@@ -10,15 +11,7 @@ from streamfit.render import psnr, render
 
 def smooth_images(b=2, h=24, w=32, seed=0):
     """Images that a few splats can represent well: blurred blobs."""
-    g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-    img = torch.zeros(b, h, w, 3)
-    for _ in range(6):
-        cx, cy = torch.rand(2, generator=g) * torch.tensor([w, h])
-        s = 3 + 5 * torch.rand(1, generator=g)
-        col = torch.rand(b, 1, 1, 3, generator=g)
-        img += col * torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s**2))[None, :, :, None]
-    return img.clamp(0, 1)
+    return blob_images(b, h, w, blobs=6, spread=5, seed=seed)
 
 
 def tiny_cfg(**kw):

@@ -68,3 +68,20 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``|actual - expected| / |expected|`` in the 2-norm, in float64."""
     expected = expected.to(torch.float64)
     return float((actual.to(torch.float64) - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+def blob_images(
+    batch: int, height: int, width: int, blobs: int, spread: float, seed: int = 0
+) -> torch.Tensor:
+    """``[batch, height, width, 3]`` sums of ``blobs`` coloured Gaussian blobs (standard
+    deviations 3 to ``3 + spread`` pixels), clamped to 0..1: photo-like content that few
+    splats represent well and fits converge on."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    img = torch.zeros(batch, height, width, 3)
+    for _ in range(blobs):
+        cx, cy = torch.rand(2, generator=g) * torch.tensor([width, height])
+        s = 3 + spread * torch.rand(1, generator=g)
+        col = torch.rand(batch, 1, 1, 3, generator=g)
+        img += col * torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s**2))[None, :, :, None]
+    return img.clamp(0, 1)
