@@ -227,7 +227,7 @@ def flop_count(backend: FitBackend, images: torch.Tensor, cfg: FitConfig) -> int
     from streamfit.fit.fitter import initial_params
 
     target = images.to(backend.device)
-    params = initial_params(target, cfg)
+    params = initial_params(target, cfg, backend)
     mask = torch.ones(params.shape[:2], dtype=torch.bool, device=backend.device)
     _, height, width, _ = images.shape
     entries = backend.tile_entries(params, mask, height, width)
@@ -242,7 +242,7 @@ def cutoff_pairs(backend: FitBackend, images: torch.Tensor, cfg: FitConfig) -> f
         return None
     from streamfit.fit.fitter import initial_params
 
-    params = initial_params(images.to(backend.device), cfg)
+    params = initial_params(images.to(backend.device), cfg, backend)
     mask = torch.ones(params.shape[:2], dtype=torch.bool, device=backend.device)
     _, height, width, _ = images.shape
     return float(backend.cutoff_pairs(params, mask, height, width).double().mean())

@@ -101,9 +101,9 @@ def measure(cfg: SplitConfig) -> dict[str, float]:
     images, _ = load_images(
         cfg.batch, cfg.size, [Path(cfg.shard)] if Path(cfg.shard).is_file() else None
     )
-    params = initial_params(images, FitConfig(gaussians=cfg.gaussians)).contiguous()
-    mask = torch.ones(params.shape[:2], dtype=torch.bool)
     backend = CpuBackend()
+    params = initial_params(images, FitConfig(gaussians=cfg.gaussians), backend).contiguous()
+    mask = torch.ones(params.shape[:2], dtype=torch.bool)
     proj, box, bad, (tiles_x, tiles_y) = backend._project(params, mask, cfg.size, cfg.size)
     offsets, order = kernels.bin_tiles(box, backend.tile, tiles_x, tiles_y)
     planes = backend._planes(images)

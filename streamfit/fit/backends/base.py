@@ -67,19 +67,9 @@ class FitBackend(ABC):
         denom = (exp_avg_sq / bias2).sqrt_().add_(eps)
         params.addcdiv_(exp_avg * (lr / bias1), denom, value=-1.0)
 
-    def adaptive_layout(
-        self,
-        images: torch.Tensor,
-        n: int,
-        detail: float,
-        detail_power: float,
-        scale: float,
-        anisotropy: float,
-    ) -> torch.Tensor:
-        """The adaptive initialisation's splats, ``[B, n, 8]`` float64 (see
-        :func:`streamfit.fit.init.adaptive_layout`, the reference, which this runs; backends
-        may replace it with a kernel)."""
-        return adaptive_layout(images, n, detail, detail_power, scale, anisotropy)
+    # the adaptive initialisation's splats before colour normalisation: the reference
+    # (streamfit.fit.init.adaptive_layout) itself; backends may replace it with a kernel
+    adaptive_layout = staticmethod(adaptive_layout)
 
     def colour_system(
         self, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
