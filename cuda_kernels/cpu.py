@@ -42,9 +42,8 @@ Shapes (``B`` images, ``N`` splats, ``H x W`` pixels, ``T`` tiles, ``E`` list en
 ``target [B, 3, H, W]`` float32, all C-contiguous NumPy arrays (zero-copy views of CPU
 tensors, but the target planes, which the backend keeps for a fit).
 
-Compiled code is cached on disk (``cache=True``), keyed on this file: after editing
-:mod:`cuda_kernels.splat_math` alone, delete ``cuda_kernels/__pycache__`` (Numba does not
-track the functions it inlines from other files).
+Compiled code is cached on disk (``cache=True``) in a directory keyed by a hash of every
+kernel source (:mod:`cuda_kernels`), so an edit of an inlined file never serves stale code.
 """
 
 import math

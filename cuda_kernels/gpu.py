@@ -420,7 +420,7 @@ def build(tile: int) -> SimpleNamespace:
 
 
 # ------------------------------------------------------------------ launches
-def _launch_project(
+def launch_project(
     params, mask, tile: int, qcut: float, height: int, width: int, proj, bits, bad, stream
 ):
     """Projection and binning of a batch; returns ``(tiles_x, tiles)``."""
@@ -433,7 +433,7 @@ def _launch_project(
     return tiles_x, tiles_x * ((height + tile - 1) // tile)
 
 
-def _image_chunks(n_img: int):
+def image_chunks(n_img: int):
     """Image ranges of at most :data:`MAX_GRID_Y` (the tile kernels' grid is (tiles, images))."""
     return [(lo, min(n_img, lo + MAX_GRID_Y)) for lo in range(0, n_img, MAX_GRID_Y)]
 
@@ -447,11 +447,11 @@ def launch_render(params, mask, tile: int, qcut: float, proj, bits, bad, image, 
     """
     kernels = build(tile)
     n_img, height, width = image.shape[0], image.shape[1], image.shape[2]
-    tiles_x, n_tiles = _launch_project(
+    tiles_x, n_tiles = launch_project(
         params, mask, tile, qcut, height, width, proj, bits, bad, stream
     )
     qcut_scaled = np.float32(qcut * EXP2_SCALE * EXP2_SCALE)
-    for lo, hi in _image_chunks(n_img):
+    for lo, hi in image_chunks(n_img):
         kernels.render_tiles[(n_tiles, hi - lo), kernels.threads, stream](
             proj[lo:hi], bits[lo:hi], tiles_x, qcut_scaled, image[lo:hi]
         )
@@ -468,12 +468,12 @@ def launch_loss_and_grad(
     """
     kernels = build(tile)
     n_img, height, width = target.shape[0], target.shape[1], target.shape[2]
-    tiles_x, n_tiles = _launch_project(
+    tiles_x, n_tiles = launch_project(
         params, mask, tile, qcut, height, width, proj, bits, bad, stream
     )
     count = height * width * 3
     qcut_scaled = np.float32(qcut * EXP2_SCALE * EXP2_SCALE)
-    for lo, hi in _image_chunks(n_img):
+    for lo, hi in image_chunks(n_img):
         kernels.raster_tiles[(n_tiles, hi - lo), kernels.threads, stream](
             proj[lo:hi],
             bits[lo:hi],

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from cudasim.kernel_cases import photo_like
 
 from streamfit.fit.backends.cpu import CpuBackend
 from streamfit.fit.init import (
@@ -113,18 +114,8 @@ def test_normalized_colours_render_a_flat_image_flat():
     assert plain[inner].mean() > 0.75
 
 
-def _photo_like(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
-    """Smooth left half, a sharp checkerboard on the right: detail lives on the right."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(b, 1, 1, 3, generator=g).expand(b, h, w, 3).clone()
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    checks = (((xs // 3) + (ys // 3)) % 2).float()[None, :, :, None]
-    images[:, :, w // 2 :] = checks[:, :, w // 2 :] * 0.8 + 0.1
-    return images
-
-
 def test_equal_mass_boxes_tile_the_image_with_equal_mass():
-    images = _photo_like(2, 40, 56)
+    images = photo_like(2, 40, 56)
     density = detail_density(images, 0.9)
     boxes = equal_mass_boxes(density, 37)
     assert boxes.shape == (2, 37, 4)
@@ -134,12 +125,12 @@ def test_equal_mass_boxes_tile_the_image_with_equal_mass():
 
 
 def test_adaptive_init_puts_splats_where_the_detail_is():
-    images = _photo_like(1, 48, 64)
+    images = photo_like(1, 48, 64)
     params = adaptive_init(images, 64, detail=0.9)
     assert torch.isfinite(params).all()
     assert (params[0, :, 0] > 32).sum() > 48  # most splats on the detailed right half
     # and deterministic, whatever the batch around an image
-    again = adaptive_init(torch.cat([_photo_like(1, 48, 64, seed=5), images]), 64, detail=0.9)
+    again = adaptive_init(torch.cat([photo_like(1, 48, 64, seed=5), images]), 64, detail=0.9)
     torch.testing.assert_close(again[1], params[0])
 
 
@@ -171,7 +162,7 @@ def test_cpu_layout_kernel_matches_the_reference(kind, n, h, w):
     cells and colours to float64 rounding; the covariances of nearly flat cells carry the
     summed-area tables' rounding (different summation orders), hence 1e-6."""
     if kind == "photo":
-        images = _photo_like(2, h, w)
+        images = photo_like(2, h, w)
     elif kind == "flat":
         images = torch.full((2, h, w, 3), 0.4)
     else:

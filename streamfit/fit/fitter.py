@@ -102,24 +102,39 @@ def content_seeds(images: torch.Tensor, seed: int) -> list[int]:
     ]
 
 
-def fit(
+@dataclass
+class DeviceFit:
+    """A batch's fit as it stands on the backend's device, nothing read back to the host:
+    ``params [B, N, 8]`` float32 (zero where masked), ``mask [B, N]`` bool, ``psnr [B]``
+    float32 dB (NaN for a dropped image), ``ok [B]`` bool (False: dropped, its mask empty),
+    ``psnr_history``: iteration -> ``[B]`` PSNR."""
+
+    params: torch.Tensor
+    mask: torch.Tensor
+    psnr: torch.Tensor
+    ok: torch.Tensor
+    psnr_history: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def colour_solver(cfg: FitConfig, backend: FitBackend) -> str:
+    """The colour solver a fit uses: ``cfg.colour_solver``, or the backend's with ``auto``."""
+    return backend.colour_solver if cfg.colour_solver == "auto" else cfg.colour_solver
+
+
+def fit_on_device(
     images: torch.Tensor,
     cfg: FitConfig,
-    backend: FitBackend | None = None,
+    backend: FitBackend,
     record_psnr_at: tuple[int, ...] = (),
     progress: bool = False,
-) -> FitResult:
-    """Fit ``cfg.gaussians`` splats to each image of a batch.
+) -> DeviceFit:
+    """The device work of :func:`fit`: the same arguments, a :class:`DeviceFit`.
 
-    ``images``: ``[B, H, W, 3]`` float in 0..1 (any device; moved to the backend's). Returns a
-    :class:`FitResult` whose splats live on the backend's device. ``record_psnr_at`` lists
-    iteration counts at which the PSNR of every image is recorded (for convergence curves).
-    Images whose loss or gradient turns non-finite are dropped (counted in ``dropped``); the
-    rest of the batch goes on.
+    Nothing here synchronises with the host (the splats stay on the device, and a failing
+    image is dropped by masks, not by reading flags back), so on the cuda backend a whole fit
+    can be captured in a CUDA graph (:mod:`streamfit.fit.graphs`).
     """
     check_images(images)
-    backend = backend or get_backend(cfg.backend, cfg.device)
-    start = time.perf_counter()
     batch, height, width, _ = images.shape
     check_splat_count(cfg.gaussians, height, width)
     target = images.to(backend.device, torch.float32).contiguous()
@@ -131,18 +146,17 @@ def fit(
     params = initial_params(target, cfg, backend).contiguous()
     failed = ~finite
     mask = finite[:, None].expand(batch, cfg.gaussians).contiguous()
+    solve = {"solver": colour_solver(cfg, backend), "cg_iters": cfg.colour_cg_iters}
     if cfg.colour_solve in ("init", "init+final"):
-        exact_colours(backend, params, mask, target, cfg.colour_ridge)
+        exact_colours(backend, params, mask, target, cfg.colour_ridge, **solve)
     # the solve minimises the plain loss: with an L1 penalty it would undo the penalty's
     # shrinkage, so only the starting colours are solved then
     resolve = cfg.colour_solve_every > 0 and cfg.l1 == 0.0
     exp_avg = torch.zeros_like(params)
     exp_avg_sq = torch.zeros_like(params)
-    base_lr = torch.tensor(
-        [cfg.lr_position] * 2 + [cfg.lr_covariance] * 3 + [cfg.lr_color] * 3,
-        dtype=params.dtype,
-        device=params.device,
-    )
+    # filled on the device: a host-to-device copy would end a CUDA graph's capture
+    base_lr = torch.empty(8, dtype=params.dtype, device=params.device)
+    base_lr[:2], base_lr[2:5], base_lr[5:] = cfg.lr_position, cfg.lr_covariance, cfg.lr_color
     history: dict[int, torch.Tensor] = {}
     steps = range(cfg.iters)
     if progress:
@@ -166,13 +180,13 @@ def fit(
         )
         params.masked_fill_(~mask[..., None], 0.0)
         if resolve and (step + 1) % cfg.colour_solve_every == 0:
-            exact_colours(backend, params, mask, target, cfg.colour_ridge)
+            exact_colours(backend, params, mask, target, cfg.colour_ridge, **solve)
         if cfg.is_prune_step(step):
             mask &= luminance(params[..., COLOR]) >= cfg.prune_luminance
             params.masked_fill_(~mask[..., None], 0.0)
 
     if cfg.colour_solve in ("final", "init+final") and cfg.iters > 0 and cfg.l1 == 0.0:
-        exact_colours(backend, params, mask, target, cfg.colour_ridge)
+        exact_colours(backend, params, mask, target, cfg.colour_ridge, **solve)
     failed |= ~torch.isfinite(params).flatten(1).all(1)
     alive = ~failed
     final = _psnr(backend, params, mask & alive[:, None], target)
@@ -181,14 +195,41 @@ def fit(
         history[cfg.iters] = final
     mask &= alive[:, None]
     params = torch.where(mask[..., None], params, torch.zeros_like(params))
-    dropped = (~alive).nonzero().flatten().tolist()
+    return DeviceFit(params, mask, final, alive, history)
+
+
+def fit(
+    images: torch.Tensor,
+    cfg: FitConfig,
+    backend: FitBackend | None = None,
+    record_psnr_at: tuple[int, ...] = (),
+    progress: bool = False,
+) -> FitResult:
+    """Fit ``cfg.gaussians`` splats to each image of a batch.
+
+    ``images``: ``[B, H, W, 3]`` float in 0..1 (any device; moved to the backend's). Returns a
+    :class:`FitResult` whose splats live on the backend's device. ``record_psnr_at`` lists
+    iteration counts at which the PSNR of every image is recorded (for convergence curves).
+    Images whose loss or gradient turns non-finite are dropped (counted in ``dropped``); the
+    rest of the batch goes on.
+    """
+    backend = backend or get_backend(cfg.backend, cfg.device)
+    start = time.perf_counter()
+    done = fit_on_device(images, cfg, backend, record_psnr_at, progress)
+    return fit_result(done, images.shape[1], images.shape[2], cfg.iters, start)
+
+
+def fit_result(done: DeviceFit, height: int, width: int, iters: int, start: float) -> FitResult:
+    """The :class:`FitResult` of a device fit that began at ``start`` (``perf_counter``):
+    reads the PSNR and the dropped images back to the host (a synchronisation)."""
+    psnr = done.psnr.cpu()
     return FitResult(
-        splats=Splats(params, mask, height, width),
-        psnr=final.cpu(),
+        splats=Splats(done.params, done.mask, height, width),
+        psnr=psnr,
         seconds=time.perf_counter() - start,
-        iters=cfg.iters,
-        dropped=dropped,
-        psnr_history={k: v.cpu() for k, v in history.items()},
+        iters=iters,
+        dropped=(~done.ok).nonzero().flatten().tolist(),
+        psnr_history={k: v.cpu() for k, v in done.psnr_history.items()},
     )
 
 

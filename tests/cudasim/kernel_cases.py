@@ -85,3 +85,14 @@ def blob_images(
         col = torch.rand(batch, 1, 1, 3, generator=g)
         img += col * torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s**2))[None, :, :, None]
     return img.clamp(0, 1)
+
+
+def photo_like(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """``[b, h, w, 3]``: a smooth left half, a sharp checkerboard on the right (the detail the
+    adaptive initialisation must find)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(b, 1, 1, 3, generator=g).expand(b, h, w, 3).clone()
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    checks = (((xs // 3) + (ys // 3)) % 2).float()[None, :, :, None]
+    images[:, :, w // 2 :] = checks[:, :, w // 2 :] * 0.8 + 0.1
+    return images

@@ -16,10 +16,15 @@ if not numba.config.ENABLE_CUDASIM:
 from streamfit.fit.backends.cuda import CudaBackend  # noqa: E402
 
 
-def test_gram_matches_dense_reference():
-    """Partial edge tiles, splats listed in several tiles, masked and non-finite splats."""
-    params, mask, target = colour_case(2, 12, 12, 20, seed=8)
-    gram, rhs = CudaBackend(tile=8).colour_system(params, mask, target)
+@pytest.mark.parametrize(
+    ("batch", "n", "height", "width", "tile"),
+    [(2, 12, 12, 20, 8), (2, 70, 12, 20, 8), (1, 40, 20, 18, 16)],
+)
+def test_gram_matches_dense_reference(batch, n, height, width, tile):
+    """Partial edge tiles, splats listed in several tiles, masked and non-finite splats; tile
+    lists of one and of three 32-splat chunks (pairs of chunks and a chunk with itself)."""
+    params, mask, target = colour_case(batch, n, height, width, seed=n)
+    gram, rhs = CudaBackend(tile=tile).colour_system(params, mask, target)
     ref_gram, ref_rhs = reference_system(params, mask, target)
     assert relative_error(gram, ref_gram) < 1e-5
     assert relative_error(rhs, ref_rhs) < 1e-5

@@ -12,7 +12,13 @@ from __future__ import annotations
 import numba
 import pytest
 import torch
-from kernel_cases import random_splats, reference_loss_and_grad, relative_error
+from kernel_cases import (
+    blob_images,
+    photo_like,
+    random_splats,
+    reference_loss_and_grad,
+    relative_error,
+)
 
 if not numba.config.ENABLE_CUDASIM:
     pytest.skip(
@@ -20,7 +26,10 @@ if not numba.config.ENABLE_CUDASIM:
     )
 
 from cuda_kernels.gpu import TILES  # noqa: E402
+from streamfit.fit import FitConfig, fit  # noqa: E402
+from streamfit.fit.backends.cpu import CpuBackend  # noqa: E402
 from streamfit.fit.backends.cuda import CudaBackend  # noqa: E402
+from streamfit.fit.init import adaptive_layout  # noqa: E402
 
 RTOL = 1e-5
 GRAD_RTOL = 1e-4
@@ -56,3 +65,38 @@ def test_bad_tile_and_device_are_clear_errors():
         CudaBackend(tile=24)
     with pytest.raises(ValueError, match="does not exist"):
         CudaBackend("cuda:3")
+
+
+@pytest.mark.parametrize(
+    ("kind", "n", "h", "w"),
+    [
+        ("photo", 37, 12, 14),
+        ("photo", 1, 9, 7),
+        ("photo", 63, 7, 9),  # one splat per pixel
+        ("photo", 12, 3, 40),  # a strip: cuts along one axis only
+        ("flat", 6, 10, 12),
+    ],
+)
+def test_adaptive_layout_matches_the_reference(kind, n, h, w):
+    """The init kernel (one image a block) against the torch reference, to the same
+    tolerances as the cpu kernel's: cells and colours to float64 rounding, covariances of
+    nearly flat cells to the summed-area tables' rounding."""
+    images = photo_like(2, h, w) if kind == "photo" else torch.full((2, h, w, 3), 0.4)
+    settings = (0.9, 1.4, 1.0, 0.5)  # detail, detail power, scale, anisotropy
+    expected = adaptive_layout(images, n, *settings)
+    got = CudaBackend().adaptive_layout(images, n, *settings)
+    assert got.dtype == torch.float64
+    cells = [0, 1, 5, 6, 7]
+    torch.testing.assert_close(got[..., cells], expected[..., cells], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_default_fit_matches_the_cpu_backend():
+    """The default fit (adaptive init kernel, the colour kernel and conjugate gradients,
+    the fused iterations) against the cpu backend's with the same colour solver."""
+    images = blob_images(1, 8, 8, 3, 2.0)  # one tile: the simulator is slow
+    cfg = FitConfig(gaussians=6, iters=1)
+    ours = fit(images, cfg, CudaBackend(tile=8))
+    reference = fit(images, FitConfig(gaussians=6, iters=1, colour_solver="cg"), CpuBackend())
+    torch.testing.assert_close(ours.psnr, reference.psnr, rtol=0, atol=0.02)
+    torch.testing.assert_close(ours.splats.params, reference.splats.params, rtol=1e-3, atol=1e-3)

@@ -28,6 +28,8 @@ class FitBackend(ABC):
     """
 
     name: str = "abstract"
+    # the colour solver ``FitConfig.colour_solver = "auto"`` picks (see streamfit.fit.colour)
+    colour_solver: str = "cholesky"
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)

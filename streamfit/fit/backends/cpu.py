@@ -21,7 +21,7 @@ import numba
 import numpy as np
 import torch
 
-from cuda_kernels import colour_cpu, init_cpu
+from cuda_kernels import colour_cpu, init_cpu, init_math
 from cuda_kernels import cpu as kernels
 from streamfit.fit.backends.base import FitBackend, check_target
 from streamfit.fit.init import FLAT_ENERGY, check_splat_count
@@ -227,8 +227,15 @@ class CpuBackend(FitBackend):
         """The adaptive layout by the kernel of :mod:`cuda_kernels.init_cpu`."""
         check_splat_count(n, images.shape[1], images.shape[2])
         params = np.zeros((images.shape[0], n, 8), np.float64)
-        init_cpu.adaptive_init(
-            _view(images), detail, detail_power, scale, anisotropy, FLAT_ENERGY, params
+        init_cpu.adaptive_layout(
+            _view(images),
+            detail,
+            detail_power,
+            scale,
+            anisotropy,
+            FLAT_ENERGY,
+            init_math.levels(n),
+            params,
         )
         return torch.from_numpy(params)
 

@@ -23,11 +23,16 @@ import numpy as np
 import torch
 from numba import cuda
 
+from cuda_kernels import colour_gpu, init_gpu, init_math
 from cuda_kernels import gpu as kernels
 from streamfit.fit.backends.base import FitBackend, check_target
+from streamfit.fit.init import FLAT_ENERGY, check_splat_count
 from streamfit.render import Q_CUTOFF
 
 DEFAULT_TILE = 16
+# bytes of work arrays of the adaptive initialisation allocated at once (its summed-area
+# tables take 2.8 MB an image at 224x224: a launch takes at most ~370 such images)
+INIT_WORK_BYTES = 1 << 30
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 
 
@@ -50,6 +55,8 @@ class CudaBackend(FitBackend):
     :data:`cuda_kernels.gpu.TILES`; one block per tile and image)."""
 
     name = "cuda"
+    # conjugate gradients: batched products, no host sync, so a whole fit can be a CUDA graph
+    colour_solver = "cg"
 
     def __init__(self, device: torch.device | str = "cuda", tile: int = DEFAULT_TILE) -> None:
         super().__init__(device)
@@ -190,6 +197,48 @@ class CudaBackend(FitBackend):
             flat = [self._array(t.view(-1)) for t in tensors]
             kernels.launch_adam(*flat, self._array(lr), betas, step, eps, stream=self._stream())
 
+    @torch.no_grad()
+    def adaptive_layout(
+        self,
+        images: torch.Tensor,
+        n: int,
+        detail: float,
+        detail_power: float,
+        scale: float,
+        anisotropy: float,
+    ) -> torch.Tensor:
+        """The adaptive layout by the kernel of :mod:`cuda_kernels.init_gpu`: ``[B, n, 8]``
+        float64 on the device, a chunk of images a launch (work arrays of at most
+        :data:`INIT_WORK_BYTES`), no host synchronisation."""
+        n_img, height, width, _ = images.shape
+        check_splat_count(n, height, width)
+        images = images.detach().to(self.device, torch.float32).contiguous()
+        params = torch.empty(n_img, n, 8, dtype=torch.float64, device=self.device)
+        per_image = 8 * (init_math.TABLES * (height + 1) * (width + 1) + height * width)
+        per_image += 8 * 2 * n * init_math.BOX_FIELDS
+        chunk = max(1, min(n_img, INIT_WORK_BYTES // per_image))
+        work = {"dtype": torch.float64, "device": self.device}
+        tables = torch.empty(chunk, init_math.TABLES, height + 1, width + 1, **work)
+        energy = torch.empty(chunk, height, width, **work)
+        boxes = torch.empty(chunk, 2, n, init_math.BOX_FIELDS, **work)
+        with self._context():
+            for lo in range(0, n_img, chunk):
+                hi = min(n_img, lo + chunk)
+                init_gpu.adaptive_layout[hi - lo, init_gpu.THREADS, self._stream()](
+                    self._array(images[lo:hi]),
+                    detail,
+                    detail_power,
+                    scale,
+                    anisotropy,
+                    FLAT_ENERGY,
+                    init_math.levels(n),
+                    self._array(tables[: hi - lo]),
+                    self._array(energy[: hi - lo]),
+                    self._array(boxes[: hi - lo]),
+                    self._array(params[lo:hi]),
+                )
+        return params
+
     def tile_entries(
         self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
     ) -> int:
@@ -214,34 +263,39 @@ class CudaBackend(FitBackend):
             words = bits.copy_to_host() if not SIMULATOR else bits
         return int(np.unpackbits(np.ascontiguousarray(words).view(np.uint8)).sum())
 
+    @torch.no_grad()
     def colour_system(
         self, params: torch.Tensor, mask: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The colour normal equations by the tile kernel of :mod:`cuda_kernels.colour_gpu`."""
-        from cuda_kernels import colour_gpu
-        from streamfit.fit.backends.tiles import tile_lists
-
+        """The colour normal equations by the tile kernel of :mod:`cuda_kernels.colour_gpu`,
+        over the tile lists of the raster kernels' projection: no host synchronisation."""
         height, width = check_target(params, target)
-        params = params.detach().to(self.device, torch.float32).contiguous()
-        mask = mask.to(self.device, torch.bool).contiguous()
-        target = target.to(self.device, torch.float32).contiguous()
-        proj, offsets, order = tile_lists(params, mask, height, width, self.tile)
         n_img, n_spl = mask.shape
-        gram = torch.zeros(n_img, n_spl, n_spl, dtype=torch.float32, device=self.device)
-        rhs = torch.zeros(n_img, n_spl, 3, dtype=torch.float32, device=self.device)
-        tiles_x, tiles_y = math.ceil(width / self.tile), math.ceil(height / self.tile)
-        if order.numel():
-            with self._context():
-                colour_gpu.gram_tiles[n_img * tiles_x * tiles_y, 64, self._stream()](
-                    self._array(proj),
-                    self._array(offsets),
-                    self._array(order),
-                    self._array(target),
+        if math.ceil(n_spl / 32) > colour_gpu.MAX_WORDS:
+            raise ValueError(
+                f"the cuda colour solve takes at most {32 * colour_gpu.MAX_WORDS} splats an "
+                f"image, got {n_spl}"
+            )
+        gram = torch.zeros(n_img, n_spl, n_spl, device=self.device)
+        rhs = torch.zeros(n_img, n_spl, 3, device=self.device)
+        if n_img == 0:
+            return gram, rhs
+        target = target.detach().to(self.device, torch.float32).contiguous()
+        with self._context():
+            _, _, (p, m, proj, bits, flags) = self._work(params, mask, height, width)
+            tiles_x, n_tiles = kernels.launch_project(
+                p, m, self.tile, self.qcut, height, width, proj, bits, flags, self._stream()
+            )
+            qcut_scaled = np.float32(self.qcut * kernels.EXP2_SCALE * kernels.EXP2_SCALE)
+            for lo, hi in kernels.image_chunks(n_img):
+                colour_gpu.gram_tiles[(n_tiles, hi - lo), colour_gpu.THREADS, self._stream()](
+                    proj[lo:hi],
+                    bits[lo:hi],
+                    self._array(target[lo:hi]),
                     self.tile,
                     tiles_x,
-                    tiles_y,
-                    self.qcut,
-                    self._array(gram),
-                    self._array(rhs),
+                    qcut_scaled,
+                    self._array(gram[lo:hi]),
+                    self._array(rhs[lo:hi]),
                 )
         return gram, rhs
