@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from streamfit.data import DataConfig, SplatCache, build_loader
-from streamfit.data import fetch as fetch_module
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.eval.labelled import LabelledLoader
-from streamfit.fit import FitConfig, get_backend
+from streamfit.fit import FitConfig, FitGraphs, get_backend
 
 FIT = FitConfig(gaussians=4, iters=2, backend="torch", device="cpu")
 N = 8  # samples of each split, batches of 4
@@ -44,14 +43,14 @@ def data_cfg(shards: str, cache_dir: Path) -> DataConfig:
 def overflowing_first_fit(monkeypatch) -> None:
     """The first image of every fitted batch gets a value float16 cannot hold (inf once
     packed): the fit reports success, only the finiteness check can catch it."""
-    real_fit = fetch_module.fit
+    real_fit = FitGraphs.__call__
 
-    def fit(images, cfg, backend):
-        result = real_fit(images, cfg, backend)
-        result.splats.params[0, 0, 0] = 1e6
-        return result
+    def fit(self, images):
+        done = real_fit(self, images)
+        done.params[0, 0, 0] = 1e6
+        return done
 
-    monkeypatch.setattr(fetch_module, "fit", fit)
+    monkeypatch.setattr(FitGraphs, "__call__", fit)
 
 
 def labelled(shards: dict[str, str], cache_dir: Path) -> LabelledLoader:

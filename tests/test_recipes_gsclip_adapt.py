@@ -179,3 +179,24 @@ def test_a_validation_split_chooses_the_models_and_the_held_out_split_measures_t
     assert summary["teacher"] == str(run_dir / "teacher" / "best_model.pt")
     assert "validation top-1, RGB teacher" in run.stdout
     assert "zero-shot top-5, RGB teacher" in run.stdout
+
+
+def test_the_rgb_reference_trains_the_teacher_on_pixels_with_the_same_parts_frozen(tiny):
+    """``data.fit=none``: no fitting, no cache; the teacher itself trains on pixels with what
+    GS-CLIP would train of it, and is evaluated on pixels."""
+    run = run_recipe(tiny["config"], "run.name=rgb", "data.fit=none", "train.epochs=1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    run_dir = tiny["root"] / "runs" / "rgb"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["cache_hit_rate"] is None and summary["gs_top1"] is not None
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "train" and r["samples_per_s"] > 0 for r in records)
+    trained = final_params(run_dir)
+    teacher = torch.load(tiny["root"] / "teacher.pt", weights_only=True)
+    changed = {k for k, v in trained.items() if not torch.equal(v.float(), teacher[k].float())}
+    assert (
+        "visual.conv1.weight" in changed
+        and "visual.transformer.resblocks.0.attn.in_proj_weight" in changed
+    )
+    assert not any(k.startswith(("transformer.", "token_embedding")) for k in changed)
+    assert not any(k.startswith("visual.transformer.resblocks.1.") for k in changed)

@@ -63,6 +63,10 @@ class DataConfig:
     tokenizer: str = "ViT-M-16"  # any open_clip model name accepted by get_tokenizer
     context_length: int = 77
     log_every: int = 1  # batches between per-batch timing log lines (0: never)
+    # GPU only: the loader's device work (fits, uploads) on a CUDA stream of its own, or on
+    # the device's default stream (which training uses: fitting and training take turns)
+    fit_stream: str = "own"  # own | default
+    fit_graphs: bool = True  # GPU only: whole fits as CUDA graphs (eager when capture fails)
 
     def __post_init__(self) -> None:
         try:
@@ -89,6 +93,8 @@ class DataConfig:
             raise ValueError(f"data.ranks_per_node must be >= 0, got {self.ranks_per_node}")
         if self.fit not in FIT_MODES:
             raise ValueError(f"data.fit must be one of {FIT_MODES}, got {self.fit!r}")
+        if self.fit_stream not in ("own", "default"):
+            raise ValueError(f"data.fit_stream must be own or default, got {self.fit_stream!r}")
         if self.cache_key not in CACHE_KEYS:
             raise ValueError(f"data.cache_key must be one of {CACHE_KEYS}, got {self.cache_key!r}")
         if self.cache_max_bytes < 1:

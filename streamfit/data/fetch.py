@@ -1,10 +1,19 @@
 """Splats for a batch of samples, from the cache or fitted: the one path the training loader's
 fit node and the labelled evaluation loader share. Cached entries are looked up together,
 the misses fitted together as one batch, and only finite fits are written back, so neither
-caller can put a failed fit into the cache the other reads."""
+caller can put a failed fit into the cache the other reads.
+
+Fitted splats stay on the fitting device: the batch is assembled there from the fits and
+from the cached entries (copied up from pinned memory), so a cold batch and a warm one reach
+the model alike. Only the cache's copy of a fit, and the few numbers that say which fits
+failed, come back to the host, in one copy at the end of the batch's work on the current
+stream (the loader's own stream on a GPU: waiting for it never waits for training).
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -12,20 +21,23 @@ import numpy as np
 import torch
 
 from streamfit.data.cache import SplatCache
-from streamfit.fit import FitBackend, FitConfig, fit
+from streamfit.fit import DeviceFit
+from streamfit.splats import PARAMS_PER_SPLAT, Splats, unpack_params
 
 
 @dataclass
 class Fetched:
     """What :func:`fetch_or_fit` found and made for one batch.
 
-    ``blobs[i]``: sample ``i``'s packed float16 splats, or None when it has none (a miss that
-    was not fitted, had no image, or whose fit failed). ``misses``: samples looked up and not
-    found; ``fitted``: the misses fitted now (those with an image); ``failed``: fits with a
+    ``splats``: the splats of the samples in ``kept`` (ascending batch positions), on the
+    device, valid splats first in each row: the float16-rounded values the cache stores, so
+    a cached epoch and a fitted one give identical batches. ``misses``: samples looked up and
+    not found; ``fitted``: the misses fitted now (those with an image); ``failed``: fits with a
     non-finite result, neither returned nor cached.
     """
 
-    blobs: list[bytes | None]
+    splats: Splats
+    kept: list[int]
     hits: int = 0
     misses: list[int] = field(default_factory=list)
     fitted: list[int] = field(default_factory=list)
@@ -40,41 +52,145 @@ def fetch_or_fit(
     image: Callable[[int], np.ndarray | None],
     cache: SplatCache | None,
     settings: str,
-    fit_cfg: FitConfig | None,
-    backend: FitBackend | None,
+    fitter: Callable[[torch.Tensor], DeviceFit] | None,
+    device: torch.device | str,
+    image_size: int,
+    writer: SplatCache | CacheWriter | None = None,
 ) -> Fetched:
     """Splats of each sample: ``known[i]`` when given (a splat shard's own, never looked up),
     else the cache's entry under ``(ids[i], settings)``, else a fit of ``image(i)`` (``[S, S,
-    3]`` uint8, or None when it cannot be had). ``fit_cfg=None`` fits nothing.
+    3]`` uint8, or None when it cannot be had) by ``fitter`` (images ``[M, S, S, 3]`` float
+    0..1 on ``device`` -> :class:`DeviceFit`; None fits nothing). Fresh fits are stored
+    through ``writer`` (default: ``cache`` itself).
 
     A cache that cannot be read or written costs fitting time, never the run
     (:meth:`SplatCache.lookup` and :meth:`SplatCache.store` turn its errors into misses).
     """
+    device = torch.device(device)
     blobs = list(known)
     lookup = [i for i, b in enumerate(blobs) if b is None]
     if cache is not None and lookup:
         for i, blob in zip(lookup, cache.lookup([ids[i] for i in lookup], settings), strict=True):
             blobs[i] = blob
-    out = Fetched(blobs, misses=[i for i in lookup if blobs[i] is None])
+    out = Fetched(Splats.from_list([], image_size, image_size), [])
+    out.misses = [i for i in lookup if blobs[i] is None]
     out.hits = len(lookup) - len(out.misses)
-    if fit_cfg is None or not out.misses:
-        return out
-    images = {i: image(i) for i in out.misses}
-    out.fitted = [i for i in out.misses if images[i] is not None]
-    if not out.fitted:
-        return out
-    pixels = torch.from_numpy(np.stack([images[i] for i in out.fitted]))
-    result = fit(pixels.float().div_(255.0), fit_cfg, backend)
-    fresh: list[tuple[str, bytes]] = []
-    for j, i in enumerate(out.fitted):
-        blob = result.splats.pack(j) if bool(result.ok[j]) else None
-        if blob is not None and np.isfinite(np.frombuffer(blob, dtype="<f2")).all():
-            blobs[i] = blob
-            fresh.append((ids[i], blob))
-        else:
-            out.failed.append(i)
-    if cache is not None and fresh:
-        out.evictions = cache.store(fresh, settings)
-    ok = result.ok
-    out.psnr = float(result.psnr[ok].mean()) if bool(ok.any()) else float("nan")
+    rows: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # (positions, params, mask)
+    stored = [i for i, b in enumerate(blobs) if b is not None]
+    if stored:
+        cached = Splats.from_list([unpack_params(blobs[i]) for i in stored], 0, 0)
+        rows.append((stored, _upload(cached.params, device), _upload(cached.mask, device)))
+    images = {i: image(i) for i in out.misses} if fitter is not None else {}
+    out.fitted = [i for i in out.misses if images.get(i) is not None]
+    if out.fitted:
+        pixels = _upload(torch.from_numpy(np.stack([images[i] for i in out.fitted])), device)
+        done = fitter(pixels.float().div_(255.0))
+        half = done.params.to(torch.float16)  # what the cache keeps
+        good = done.ok & torch.isfinite(half).flatten(1).all(1)
+        # the one read-back of the batch: which fits failed, and the cache's copy
+        host_half, host_mask, host_good, host_psnr = _download(half, done.mask, good, done.psnr)
+        fresh: list[tuple[str, bytes]] = []
+        kept = []
+        for j, i in enumerate(out.fitted):
+            if host_good[j]:
+                kept.append(j)
+                fresh.append((ids[i], host_half[j][host_mask[j]].numpy().tobytes()))
+            else:
+                out.failed.append(i)
+        if kept:
+            index = _upload(torch.tensor(kept), device)
+            params, mask = _valid_first(half.index_select(0, index).float(), done.mask[index])
+            rows.append(([out.fitted[j] for j in kept], params, mask))
+            out.psnr = float(host_psnr[kept].mean())
+        if fresh and (writer or cache) is not None:
+            out.evictions = (writer or cache).store(fresh, settings)
+    out.kept, out.splats = _assemble(rows, device, image_size)
     return out
+
+
+def _assemble(
+    rows: list[tuple[list[int], torch.Tensor, torch.Tensor]], device: torch.device, size: int
+) -> tuple[list[int], Splats]:
+    """The batch's splats in ascending sample order from groups of ``(positions, params [k,
+    n, 8], mask [k, n])`` on ``device``."""
+    kept = sorted(i for positions, _, _ in rows for i in positions)
+    if not kept:
+        return [], Splats.from_list([], size, size).to(device)
+    if len(rows) == 1:
+        return kept, Splats(rows[0][1], rows[0][2], size, size)
+    order = {i: k for k, i in enumerate(kept)}
+    width = max(params.shape[1] for _, params, _ in rows)
+    params = torch.zeros(len(kept), width, PARAMS_PER_SPLAT, device=device)
+    mask = torch.zeros(len(kept), width, dtype=torch.bool, device=device)
+    for positions, p, m in rows:
+        index = _upload(torch.tensor([order[i] for i in positions]), device)
+        params[:, : p.shape[1]].index_copy_(0, index, p)
+        mask[:, : m.shape[1]].index_copy_(0, index, m)
+    return kept, Splats(params, mask, size, size)
+
+
+def _valid_first(params: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows with their valid splats first, in their order (as a cached entry unpacks), and
+    zeros after them: a stable sort on the device, no host sync."""
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    mask = mask.gather(1, order)
+    params = params.gather(1, order[..., None].expand_as(params))
+    return params * mask[..., None], mask
+
+
+def _upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; from pinned memory without blocking on a GPU."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _download(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Host copies of ``tensors``: one wait for the current stream on a GPU (no device-wide
+    synchronisation)."""
+    if tensors[0].device.type != "cuda":
+        return [t.cpu() for t in tensors]
+    copies = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+    for copy, t in zip(copies, tensors, strict=True):
+        copy.copy_(t, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record(torch.cuda.current_stream(tensors[0].device))
+    done.synchronize()
+    return copies
+
+
+class CacheWriter:
+    """Stores fresh splats in ``cache`` from a thread of its own, so the loader's thread
+    never waits for the database. At most ``depth`` batches wait to be written (then
+    :meth:`store` waits); :meth:`flush` waits until all are written. Evictions are counted
+    as they happen and handed out by :meth:`take_evictions`."""
+
+    def __init__(self, cache: SplatCache, depth: int = 4) -> None:
+        self.cache = cache
+        self._queue: queue.Queue[tuple[list[tuple[str, bytes]], str]] = queue.Queue(depth)
+        self._evictions = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, name="splat-cache-writer", daemon=True).start()
+
+    def store(self, items: Sequence[tuple[str, bytes]], settings: str) -> int:
+        """Queue ``items``; returns 0 (evictions come later, see :meth:`take_evictions`)."""
+        self._queue.put((list(items), settings))
+        return 0
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def take_evictions(self) -> int:
+        with self._lock:
+            count, self._evictions = self._evictions, 0
+        return count
+
+    def _run(self) -> None:
+        while True:
+            items, settings = self._queue.get()
+            try:
+                evicted = self.cache.store(items, settings)  # never raises a database error
+                with self._lock:
+                    self._evictions += evicted
+            finally:
+                self._queue.task_done()

@@ -20,16 +20,22 @@ of an epoch or when fits fail; ``S`` = ``image_size``):
 ``captions``    ``list[str]``: the ``.txt`` captions, stripped
 ``json``        ``list[dict]``: the ``.json`` metadata (``{}`` when absent)
 ``splats``      :class:`streamfit.splats.Splats`: ``params [B, N, 8]`` float32 and
-                ``mask [B, N]`` bool on the fitting device, pixel units of an ``S x S``
-                image; values are float16-rounded (as stored in the cache). Absent with
-                ``data.fit: none``
+                ``mask [B, N]`` bool on the fitting device (fits never leave it), pixel
+                units of an ``S x S`` image, valid splats first; values are float16-rounded
+                (as stored in the cache). Absent with ``data.fit: none``
 ``tokens``      ``[B, context_length]`` int64 on the CPU (open_clip tokenizer)
 ``rgb``         only with ``yield_rgb`` or ``data.fit: none``: ``[B, 3, S, S]`` float32 in
                 0..1 on the fitting device, *not* mean/std normalised (the model side
                 normalises)
 ``epoch``       ``int``: the epoch the batch belongs to
-``timing``      ``{"data_wait_s", "fit_s", "hits", "fitted"}`` of the fit node for this batch
+``timing``      ``{"data_wait_s", "fit_s", "fit_gpu_s", "hits", "fitted"}`` of the fit node
+                for this batch (``fit_gpu_s``: CUDA-event seconds on the loader's stream)
 ==============  ==========================================================================
+
+On a GPU the device work of a batch runs on the loader's own CUDA stream (``data.fit_stream``)
+and is complete when the batch is yielded; a consumer on another stream passes each batch
+through :func:`streamfit.data.nodes.claim` first. Fits of a batch shape are CUDA graphs
+(:class:`streamfit.fit.FitGraphs`, ``data.fit_graphs``).
 
 Epochs: each ``for batch in loader`` runs one epoch; the next ``iter`` starts the next epoch
 (:meth:`StreamLoader.set_epoch` picks one). ``loader.state_dict()`` taken after any batch,
@@ -48,7 +54,14 @@ from torchdata.nodes import BaseNode, Loader, Mapper, ParallelMapper, Prefetcher
 from streamfit.data.cache import SplatCache
 from streamfit.data.config import DataConfig
 from streamfit.data.decode import DECODE_VERSION, Decoder
-from streamfit.data.nodes import EpochMeter, FitNode, PixelNode, SampleBatcher, Tokenize
+from streamfit.data.nodes import (
+    DeviceStage,
+    EpochMeter,
+    FitNode,
+    PixelNode,
+    SampleBatcher,
+    Tokenize,
+)
 from streamfit.data.schedule import (
     NodeSchedule,
     ranks_per_node_from_env,
@@ -57,7 +70,7 @@ from streamfit.data.schedule import (
 )
 from streamfit.data.shards import ShardReader, expand_shards
 from streamfit.data.stats import EpochStats, LoaderStats
-from streamfit.fit import FitConfig, get_backend
+from streamfit.fit import FitConfig, FitGraphs, get_backend
 
 logger = logging.getLogger("streamfit.data")
 
@@ -196,14 +209,18 @@ def build_loader(
         decoder = Decoder(data_cfg.image_size, data_cfg.max_image_pixels, need_image=True)
         where = "pixels only (data.fit: none)"
 
+        stage = DeviceStage(device or "cpu", data_cfg.fit_stream)
+
         def last_node(batches: SampleBatcher) -> BaseNode[dict]:
-            return PixelNode(batches, device or "cpu", stats)
+            return PixelNode(batches, stage, stats)
 
     else:
         if fit_cfg is None:
             raise ValueError("build_loader: a FitConfig is needed unless data.fit is none")
         fit_device = str(device) if device is not None else fit_cfg.device
         backend = get_backend(fit_cfg.backend, fit_device)
+        stage = DeviceStage(backend.device, data_cfg.fit_stream)
+        fitter = FitGraphs(fit_cfg, backend, enabled=data_cfg.fit_graphs)
         if data_cfg.cache_dir:
             cache = SplatCache(data_cfg.cache_dir, data_cfg.cache_max_bytes)
         settings = cache_settings(data_cfg, fit_cfg)
@@ -228,8 +245,8 @@ def build_loader(
         def last_node(batches: SampleBatcher) -> BaseNode[dict]:
             return FitNode(
                 batches,
-                fit_cfg,
-                backend,
+                fitter,
+                stage,
                 cache,
                 settings,
                 data_cfg.image_size,

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,10 +17,9 @@ from torchdata.nodes import BaseNode
 
 from streamfit.data.cache import SplatCache
 from streamfit.data.decode import Decoded, Decoder, Skipped
-from streamfit.data.fetch import fetch_or_fit
+from streamfit.data.fetch import CacheWriter, fetch_or_fit
 from streamfit.data.stats import LoaderStats
-from streamfit.fit import FitBackend, FitConfig
-from streamfit.splats import Splats, unpack_params
+from streamfit.fit import DeviceFit
 
 logger = logging.getLogger("streamfit.data")
 
@@ -67,6 +68,81 @@ class SampleBatcher(BaseNode[list[Decoded]]):
         return batch
 
 
+FIT_STREAMS = ("own", "default")
+
+
+@dataclass
+class StageTime:
+    """How long a batch's device work took: wall seconds of the loader's thread, and on a GPU
+    the seconds between CUDA events around it on its stream."""
+
+    wall_s: float = 0.0
+    gpu_s: float = 0.0
+
+
+class DeviceStage:
+    """Where the loader puts a batch on the device. On a GPU: on a CUDA stream of its own
+    (``own``: fitting overlaps training) or the device's default stream (``default``: the
+    training stream, so fitting and training take turns), timed by CUDA events; the loader's
+    thread waits at the end for this stream alone, so a batch is complete when it is yielded
+    (its consumer calls :func:`claim`). On a CPU: as it is, timed by the clock."""
+
+    def __init__(self, device: torch.device | str, stream: str = "own") -> None:
+        if stream not in FIT_STREAMS:
+            raise ValueError(f"data.fit_stream must be one of {FIT_STREAMS}, got {stream!r}")
+        self.device = torch.device(device)
+        self.stream = None
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                own = stream == "own"
+                self.stream = torch.cuda.Stream() if own else torch.cuda.default_stream()
+
+    @contextmanager
+    def run(self) -> Iterator[StageTime]:
+        timing = StageTime()
+        start = time.perf_counter()
+        if self.stream is None:
+            yield timing
+            timing.wall_s = time.perf_counter() - start
+            return
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            yield timing
+            end.record()
+        end.synchronize()
+        timing.wall_s = time.perf_counter() - start
+        timing.gpu_s = begin.elapsed_time(end) / 1e3
+
+    def upload(self, array: np.ndarray) -> torch.Tensor:
+        """``array`` on the device (from pinned memory, without blocking, on a GPU)."""
+        tensor = torch.from_numpy(array)
+        if self.stream is None:
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+
+def claim(batch: dict, device: torch.device) -> dict:
+    """Make a loader batch safe to use on ``device``'s current stream: its tokens go up
+    without blocking, and the caching allocator learns that the tensors the loader's stream
+    made are used on this one (else it could hand their memory back to the loader while
+    this stream still reads them). The loader finished the batch's work before yielding it."""
+    tokens = batch.get("tokens")
+    if tokens is not None and tokens.device != device:
+        if device.type == "cuda":
+            tokens = tokens.pin_memory().to(device, non_blocking=True)
+        batch["tokens"] = tokens.to(device)
+    if device.type == "cuda":
+        stream = torch.cuda.current_stream(device)
+        tensors = [batch.get("rgb")]
+        if batch.get("splats") is not None:
+            tensors += [batch["splats"].params, batch["splats"].mask]
+        for tensor in tensors:
+            if tensor is not None and tensor.device.type == "cuda":
+                tensor.record_stream(stream)
+    return batch
+
+
 # Counters of the fit node and the nodes before it, carried in its state. ``skipped`` may
 # count again, after a resume, the few samples the reader had read ahead of the checkpoint.
 FIT_COUNTS = (
@@ -75,6 +151,7 @@ FIT_COUNTS = (
     "cache_evictions",
     "precomputed",
     "fit_seconds",
+    "fit_gpu_seconds",
     "data_wait_seconds",
     "skipped",
 )
@@ -94,8 +171,8 @@ class FitNode(BaseNode[dict]):
     def __init__(
         self,
         source: BaseNode[list[Decoded]],
-        fit_cfg: FitConfig,
-        backend: FitBackend,
+        fitter: Callable[[torch.Tensor], DeviceFit],
+        stage: DeviceStage,
         cache: SplatCache | None,
         settings: str,
         image_size: int,
@@ -107,9 +184,12 @@ class FitNode(BaseNode[dict]):
     ) -> None:
         super().__init__()
         self.fit_misses = fit_misses
-        self.source, self.fit_cfg, self.backend, self.cache = source, fit_cfg, backend, cache
+        self.source, self.fitter, self.stage, self.cache = source, fitter, stage, cache
         self.settings, self.image_size, self.decoder = settings, image_size, decoder
         self.yield_rgb, self.stats, self.log_every = yield_rgb, stats, log_every
+        # on a GPU the database is written from a thread of its own: the loader's thread
+        # goes on to the next batch
+        self.writer = CacheWriter(cache) if cache is not None and stage.stream else None
         self._batches = 0
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
@@ -127,7 +207,13 @@ class FitNode(BaseNode[dict]):
     def next(self) -> dict:
         while True:
             start = time.perf_counter()
-            samples = next(self.source)
+            try:
+                samples = next(self.source)
+            except StopIteration:
+                if self.writer is not None:  # the epoch's fits are in the cache when it ends
+                    self.writer.flush()
+                    self.stats.add(cache_evictions=self.writer.take_evictions())
+                raise
             waited = time.perf_counter() - start
             batch = self._fit_batch(samples, waited)
             if batch is not None:
@@ -144,39 +230,46 @@ class FitNode(BaseNode[dict]):
         return sample.image
 
     def _fit_batch(self, samples: list[Decoded], waited: float) -> dict | None:
-        start = time.perf_counter()
-        got = fetch_or_fit(
-            [s.cache_id for s in samples],
-            [s.splats for s in samples],
-            lambda i: self._image(samples[i]),
-            self.cache,
-            self.settings,
-            self.fit_cfg if self.fit_misses else None,
-            self.backend,
-        )
-        blobs, hits, fitted = got.blobs, got.hits, len(got.fitted)
+        with self.stage.run() as timing:
+            got = fetch_or_fit(
+                [s.cache_id for s in samples],
+                [s.splats for s in samples],
+                lambda i: self._image(samples[i]),
+                self.cache,
+                self.settings,
+                self.fitter if self.fit_misses else None,
+                self.stage.device,
+                self.image_size,
+                self.writer,
+            )
+            keep = got.kept
+            rgb = None
+            if self.yield_rgb and keep:
+                rgb = self.stage.upload(np.stack([samples[i].image for i in keep]))
+                rgb = rgb.permute(0, 3, 1, 2).float().div_(255.0)
+        hits, fitted = got.hits, len(got.fitted)
         if not self.fit_misses:
             for i in got.misses:
                 self.stats.skip("not_cached", samples[i].shard, samples[i].key)
         for i in got.failed:
             self.stats.skip("fit_failed", samples[i].shard, samples[i].key, "non-finite splats")
-        if got.evictions:
-            self.stats.add(cache_evictions=got.evictions)
+        evictions = got.evictions + (self.writer.take_evictions() if self.writer else 0)
+        if evictions:
+            self.stats.add(cache_evictions=evictions)
         psnr = got.psnr
-        keep = [i for i, b in enumerate(blobs) if b is not None]
-        fit_seconds = time.perf_counter() - start
         self.stats.add(
             cache_hits=hits,
             cache_misses=fitted if self.fit_misses else len(got.misses),
             precomputed=sum(s.splats is not None for s in samples),
-            fit_seconds=fit_seconds,
+            fit_seconds=timing.wall_s,
+            fit_gpu_seconds=timing.gpu_s,
             data_wait_seconds=waited,
         )
         self._batches += 1
         if self.log_every and self._batches % self.log_every == 0:
             logger.info(
                 "epoch %d batch %d: %d samples (%d cached, %d fitted%s) | "
-                "waited %.3f s for data, fitting %.3f s",
+                "waited %.3f s for data, fitting %.3f s (%.3f s on the GPU)",
                 self.stats.current.epoch,
                 self._batches,
                 len(keep),
@@ -184,30 +277,27 @@ class FitNode(BaseNode[dict]):
                 fitted,
                 f", psnr {psnr:.2f} dB" if fitted else "",
                 waited,
-                fit_seconds,
+                timing.wall_s,
+                timing.gpu_s,
             )
         if not keep:
             return None
-        device = self.backend.device
-        splats = Splats.from_list(
-            [unpack_params(blobs[i]) for i in keep], self.image_size, self.image_size
-        )
         batch = {
             "keys": [samples[i].key for i in keep],
             "shards": [samples[i].shard for i in keep],
             "captions": [samples[i].caption for i in keep],
             "json": [samples[i].meta for i in keep],
-            "splats": splats.to(device),
+            "splats": got.splats,
             "timing": {
                 "data_wait_s": waited,
-                "fit_s": fit_seconds,
+                "fit_s": timing.wall_s,
+                "fit_gpu_s": timing.gpu_s,
                 "hits": hits,
                 "fitted": fitted,
             },
         }
-        if self.yield_rgb:
-            rgb = torch.from_numpy(np.stack([samples[i].image for i in keep]))
-            batch["rgb"] = rgb.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        if rgb is not None:
+            batch["rgb"] = rgb
         return batch
 
 
@@ -216,10 +306,10 @@ class PixelNode(BaseNode[dict]):
     cache, no fitting backend, no splats. The RGB stage and RGB evaluation read this."""
 
     def __init__(
-        self, source: BaseNode[list[Decoded]], device: torch.device | str, stats: LoaderStats
+        self, source: BaseNode[list[Decoded]], stage: DeviceStage, stats: LoaderStats
     ) -> None:
         super().__init__()
-        self.source, self.device, self.stats = source, device, stats
+        self.source, self.stage, self.stats = source, stage, stats
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
@@ -236,14 +326,22 @@ class PixelNode(BaseNode[dict]):
         samples = next(self.source)
         waited = time.perf_counter() - start
         self.stats.add(data_wait_seconds=waited)
-        rgb = torch.from_numpy(np.stack([s.image for s in samples]))
+        with self.stage.run():
+            rgb = self.stage.upload(np.stack([s.image for s in samples]))
+            rgb = rgb.permute(0, 3, 1, 2).float().div_(255.0)
         return {
             "keys": [s.key for s in samples],
             "shards": [s.shard for s in samples],
             "captions": [s.caption for s in samples],
             "json": [s.meta for s in samples],
-            "rgb": rgb.to(self.device).permute(0, 3, 1, 2).float().div_(255.0),
-            "timing": {"data_wait_s": waited, "fit_s": 0.0, "hits": 0, "fitted": 0},
+            "rgb": rgb,
+            "timing": {
+                "data_wait_s": waited,
+                "fit_s": 0.0,
+                "fit_gpu_s": 0.0,
+                "hits": 0,
+                "fitted": 0,
+            },
         }
 
 

@@ -25,7 +25,9 @@ class EpochStats:
     ``samples``: samples yielded to the consumer; ``skipped``: reason -> count;
     ``cache_hits``/``cache_misses``: samples served from / fitted into the cache
     (``precomputed`` samples came with splats from splat shards and touch neither);
-    ``fit_seconds``: fitting misses; ``data_wait_seconds``: the fit node waiting for decoded
+    ``fit_seconds``: fitting misses (the loader's thread: fetching, fitting, assembling the
+    batch on the device); ``fit_gpu_seconds``: the same work timed by CUDA events on the
+    loader's stream (0 on a CPU); ``data_wait_seconds``: the fit node waiting for decoded
     samples; ``consumer_wait_seconds``: the training loop waiting for batches;
     ``seconds``: wall time from the epoch's first request to its end.
     """
@@ -39,6 +41,7 @@ class EpochStats:
     cache_evictions: int = 0
     precomputed: int = 0
     fit_seconds: float = 0.0
+    fit_gpu_seconds: float = 0.0
     data_wait_seconds: float = 0.0
     consumer_wait_seconds: float = 0.0
     seconds: float = 0.0

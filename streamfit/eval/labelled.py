@@ -31,8 +31,8 @@ from streamfit.data.shards import (
     open_shard,
     parse_meta,
 )
-from streamfit.fit import FitBackend, FitConfig
-from streamfit.splats import Splats, unpack_params
+from streamfit.fit import FitBackend, FitConfig, FitGraphs, get_backend
+from streamfit.splats import Splats
 
 logger = logging.getLogger("streamfit.eval")
 
@@ -130,7 +130,11 @@ class LabelledLoader:
             batch_size,
             device,
         )
-        self.fit_cfg, self.backend = fit_cfg, backend
+        self.fit_cfg = fit_cfg
+        self.fitter = None
+        if fit_cfg is not None:
+            backend = backend or get_backend(fit_cfg.backend, str(device))
+            self.fitter = FitGraphs(fit_cfg, backend)
         self.rank, self.world_size, self.max_samples = rank, world_size, max_samples
         self.decoder = Decoder(data_cfg.image_size, data_cfg.max_image_pixels, need_image=True)
         self.cache = (
@@ -165,15 +169,14 @@ class LabelledLoader:
                 lambda i: images[i],
                 self.cache,
                 self.settings,
-                self.fit_cfg,
-                self.backend,
+                self.fitter,
+                self.fitter.backend.device,
+                self.data_cfg.image_size,
             )
             for i in got.failed:
                 logger.warning("eval: skipped %s: its fit gave non-finite splats", items[i][0])
-            keep = [i for i, b in enumerate(got.blobs) if b is not None]
-            size = self.data_cfg.image_size
-            splats = Splats.from_list([unpack_params(got.blobs[i]) for i in keep], size, size)
-            splats, hits, fitted = splats.to(self.device), got.hits, len(got.fitted)
+            keep, hits, fitted = got.kept, got.hits, len(got.fitted)
+            splats = got.splats.to(self.device)
         rgb = torch.from_numpy(images[keep]).to(self.device).permute(0, 3, 1, 2).float().div_(255)
         return LabelledBatch(
             keys=[items[i][0] for i in keep],

@@ -15,7 +15,7 @@ from streamfit.models.gs_clip import (
 )
 from streamfit.models.resampler import PerceiverResampler, masked_mean
 from streamfit.models.stem import GSStem, num_splat_features, splat_features
-from streamfit.models.teacher import load_teacher, rgb_normaliser
+from streamfit.models.teacher import freeze_like_gs, load_teacher, rgb_normaliser
 
 __all__ = [
     "GSCLIP",
@@ -26,6 +26,7 @@ __all__ = [
     "PART_GROUP",
     "PerceiverResampler",
     "build_gs_clip",
+    "freeze_like_gs",
     "input_bytes",
     "load_teacher",
     "masked_mean",

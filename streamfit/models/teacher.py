@@ -47,6 +47,22 @@ def load_teacher(
     )
 
 
+def freeze_like_gs(model: nn.Module, unfrozen_blocks: int) -> nn.Module:
+    """``model`` (an open_clip ViT CLIP) set to train what GS-CLIP trains of its teacher, on
+    pixels: the patch embedding, class token and positional embedding in the place of the GS
+    input, the first ``unfrozen_blocks`` vision blocks, ``ln_post`` and ``proj``; the text tower
+    and the rest frozen. The RGB reference of a GS-CLIP training step (same model, same
+    backward). Returns ``model``."""
+    visual = model.visual
+    model.requires_grad_(False)
+    for module in (visual.conv1, visual.ln_post, *visual.transformer.resblocks[:unfrozen_blocks]):
+        module.requires_grad_(True)
+    for param in (visual.class_embedding, visual.positional_embedding, visual.proj):
+        if param is not None:
+            param.requires_grad_(True)
+    return model
+
+
 def rgb_normaliser(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``[B, 3, S, S]`` pixels in 0..1 -> ``model``'s image input: its own preprocessing mean
     and std, then its parameters' dtype. Take it once the model sits on its device in its

@@ -9,6 +9,9 @@ import socket
 import torch
 import torch.distributed as dist
 
+# a gloo group for the loop's small control collectives when the main group is NCCL
+_control: dist.ProcessGroup | None = None
+
 
 def set_single_process_env() -> bool:
     """Fill RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT for a plain
@@ -35,6 +38,11 @@ def init_distributed() -> tuple[int, int, torch.device]:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    global _control
+    if dist.get_backend() != "gloo" and dist.get_world_size() > 1:
+        # the loop's per-step flags go over the CPU: a GPU collective read back by the host
+        # would make every step wait for the GPU
+        _control = dist.new_group(backend="gloo")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -46,12 +54,27 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
 def all_have(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` is True on every rank: ranks whose shards hold different sample
-    counts end an epoch together, so no rank waits forever in a collective."""
+    counts end an epoch together, so no rank waits forever in a collective. Over the CPU
+    (a gloo group beside NCCL): the GPU is never waited for."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    on_cpu = _control is not None or dist.get_backend() == "gloo"
+    t = torch.tensor([1 if flag else 0], device="cpu" if on_cpu else device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_control)
     return bool(t.item())
+
+
+def all_gather_ints(value: int) -> list[int]:
+    """``value`` of every rank, in rank order, gathered over the CPU (the control group beside
+    NCCL): a host number never waits for the GPU."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    on_cpu = _control is not None or dist.get_backend() == "gloo"
+    device = "cpu" if on_cpu else torch.device("cuda", torch.cuda.current_device())
+    t = torch.tensor([value], device=device)
+    parts = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t, group=_control)
+    return [int(p.item()) for p in parts]
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
@@ -59,6 +82,11 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def is_main_process() -> bool:
+    """Rank 0, or a process outside any process group."""
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def barrier() -> None:

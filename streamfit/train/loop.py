@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from streamfit.config import to_yaml
 from streamfit.data import DataConfig
+from streamfit.data.nodes import claim
 from streamfit.eval import EvalConfig, ZeroShotResult, ZeroShotSetup, zero_shot_setup
 from streamfit.eval.weights import BEST
 from streamfit.train.checkpoint import (
@@ -242,7 +243,7 @@ class Trainer:
             loader.load_state_dict(loader_state)
         self.start_step = self.state.step
         flops = count_flops(engine.module, *probe)
-        self.timer = StepTimer(flops, peak_flops(cfg.train.peak_tflops, device), world)
+        self.timer = StepTimer(flops, peak_flops(cfg.train.peak_tflops, device), world, device)
         record = cfg.run.record_samples
         self.seen = open(run_dir / f"samples_rank{rank}.tsv", "a") if record else None  # noqa: SIM115
 
@@ -254,7 +255,7 @@ class Trainer:
         """Train to the end of the schedule (True) or until ``train.stop_after_steps`` (False,
         with a checkpoint to resume from). ``after_step`` runs after each optimiser step."""
         train, state, engine = self.train, self.state, self.engine
-        losses: list[float] = []
+        losses: list[torch.Tensor] = []  # on the device: read only when a line is logged
         for epoch in range(state.epoch, train.epochs):
             if not state.mid_epoch:
                 self.loader.set_epoch(epoch)
@@ -263,10 +264,12 @@ class Trainer:
                 desc=f"epoch {epoch}", unit="step", disable=self.rank != 0 or not train.progress
             )
             for batch, waited in lockstep(self.loader, self.device):
+                claim(batch, self.device)
+                self.timer.step_started()
                 loss = loss_of(batch)
                 engine.backward(loss)
                 engine.step()
-                losses.append(loss.item())
+                losses.append(loss.detach())
                 self.timer.add(len(batch["keys"]), waited, batch["timing"])
                 if self.seen is not None:
                     self.seen.writelines(f"{epoch}\t{key}\n" for key in batch["keys"])
@@ -300,14 +303,17 @@ class Trainer:
             self.checkpointer.maybe_save(state, epoch_end=True)
         return True
 
-    def _log(self, losses: list[float], bar: tqdm) -> None:
-        values = {"loss": sum(losses) / len(losses), **self.timer.window()}
+    def _log(self, losses: list[torch.Tensor], bar: tqdm) -> None:
+        # the one read-back of the loop: the window's losses, when a line is logged
+        values = {"loss": float(torch.stack(losses).float().mean()), **self.timer.window()}
         values.update({f"lr/{k}": v for k, v in group_lrs(self.engine).items()})
         values["epoch"] = self.state.epoch
         self.metrics.log(self.state.step, "train", values)
         postfix = {"loss": f"{values['loss']:.3f}", "sps": f"{values['samples_per_s']:.0f}"}
         if not math.isnan(values["cache_hit_rate"]):  # a loader that fits
             postfix.update(fit=f"{values['fit_share']:.0%}", hits=f"{values['cache_hit_rate']:.0%}")
+            if self.device.type == "cuda":
+                postfix.update(fit_gpu=f"{values['fit_gpu_share']:.0%}")
         bar.set_postfix(**postfix)
         losses.clear()
 

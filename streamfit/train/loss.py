@@ -13,17 +13,16 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 
+from streamfit.train.distributed import all_gather_ints
+
 
 def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``[b_r, D]`` on each rank -> (``[sum_r b_r, D]`` all ranks' rows in rank order, the
     offset of this rank's rows). Differentiable: gradients return to their rank."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return x, 0
-    world, rank = dist.get_world_size(), dist.get_rank()
-    size = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
+    rank = dist.get_rank()
+    counts = all_gather_ints(x.shape[0])  # host numbers, over the CPU: no wait for the GPU
     padded = F.pad(x, (0, 0, 0, max(counts) - x.shape[0]))
     parts = dist_nn.all_gather(padded)
     rows = torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)])

@@ -76,13 +76,22 @@ def _jsonable(x: Any) -> Any:
 class StepTimer:
     """Accumulates, between two log lines, samples, wall time, the part spent waiting for the
     loader and the part the loader spent fitting (inside the wait when the loader falls
-    behind; overlapped with compute when it keeps up), and cache lookups.
+    behind; overlapped with compute when it keeps up), and cache lookups. On a GPU it also
+    times each training step with CUDA events on the training stream and sums the loader's
+    CUDA-event fitting time: both are read when a line is logged, never during a step.
 
     ``window()`` returns the figures of the log line and starts a new window.
     """
 
-    def __init__(self, flops_per_sample: float, peak: float, world_size: int) -> None:
+    def __init__(
+        self,
+        flops_per_sample: float,
+        peak: float,
+        world_size: int,
+        device: torch.device | None = None,
+    ) -> None:
         self.flops_per_sample, self.peak, self.world = flops_per_sample, peak, world_size
+        self.gpu = device is not None and device.type == "cuda"
         self._reset()
 
     def _reset(self) -> None:
@@ -90,14 +99,30 @@ class StepTimer:
         self.samples = 0
         self.wait_s = 0.0
         self.fit_s = 0.0
+        self.fit_gpu_s = 0.0
         self.hits = 0
         self.fitted = 0
+        self._steps: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._begin: torch.cuda.Event | None = None
+
+    def step_started(self) -> None:
+        """A training step is about to be queued (on a GPU: its start event)."""
+        if self.gpu:
+            self._begin = torch.cuda.Event(enable_timing=True)
+            self._begin.record()
 
     def add(self, samples: int, wait_s: float, timing: dict[str, float] | None) -> None:
+        """A step was queued: its samples, the wait for its batch and the batch's timing."""
+        if self._begin is not None:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._steps.append((self._begin, end))
+            self._begin = None
         self.samples += samples
         self.wait_s += wait_s
         if timing is not None:
             self.fit_s += timing["fit_s"]
+            self.fit_gpu_s += timing.get("fit_gpu_s", 0.0)
             self.hits += int(timing["hits"])
             self.fitted += int(timing["fitted"])
 
@@ -112,6 +137,15 @@ class StepTimer:
             "cache_hit_rate": self.hits / looked_up if looked_up else float("nan"),
             "compute_share": 1.0 - self.wait_s / seconds,
         }
+        if self.gpu:
+            if self._steps:
+                self._steps[-1][1].synchronize()  # a log line may wait; a step never does
+            step_gpu_s = sum(begin.elapsed_time(end) for begin, end in self._steps) / 1e3
+            out["step_gpu_s"] = step_gpu_s / max(len(self._steps), 1)
+            out["fit_gpu_share"] = min(1.0, self.fit_gpu_s / seconds)
+            # fitting's part of the GPU time of fitting and training (CUDA events)
+            busy = self.fit_gpu_s + step_gpu_s
+            out["fit_share_gpu_time"] = self.fit_gpu_s / busy if busy else float("nan")
         if self.peak > 0 and self.flops_per_sample > 0:
             # training FLOPs ~ 3x forward (backward ~ 2x forward)
             achieved = 3.0 * self.flops_per_sample * self.samples / seconds
