@@ -72,6 +72,7 @@ class TrainConfig:
     eval_every_steps: int = 0  # 0: zero-shot evaluation at the end of every epoch
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch
     keep_checkpoints: int = 2
+    save_checkpoints: bool = True  # False: none at all (throughput checks; cannot resume)
     peak_tflops: float = 0.0  # per device, for MFU; 0: known GPUs by name, none on CPU
     progress: bool = True
     # CPU only: flush denormal floats to zero. Random layers underflow into them, and a

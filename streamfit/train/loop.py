@@ -86,6 +86,7 @@ class Checkpointer:
             train.keep_checkpoints,
             train.grad_accum,
         )
+        self.enabled = train.save_checkpoints
         self._due = False
         self._saved_step: int | None = None
 
@@ -98,7 +99,7 @@ class Checkpointer:
             self.save(state)
 
     def save(self, state: TrainState) -> None:
-        if self._saved_step != state.step:
+        if self.enabled and self._saved_step != state.step:
             save_checkpoint(
                 self.engine,
                 self.root,

@@ -132,6 +132,8 @@ class StepTimer:
         out = {
             # this rank's samples x ranks: all ranks run in lockstep
             "samples_per_s": self.samples * self.world / seconds,
+            "samples": self.samples,  # this rank's, and the window's seconds: rates over windows
+            "seconds": seconds,
             "data_wait_share": self.wait_s / seconds,
             "fit_share": min(1.0, self.fit_s / seconds),
             "cache_hit_rate": self.hits / looked_up if looked_up else float("nan"),
@@ -140,12 +142,17 @@ class StepTimer:
         if self.gpu:
             if self._steps:
                 self._steps[-1][1].synchronize()  # a log line may wait; a step never does
-            step_gpu_s = sum(begin.elapsed_time(end) for begin, end in self._steps) / 1e3
-            out["step_gpu_s"] = step_gpu_s / max(len(self._steps), 1)
-            out["fit_gpu_share"] = min(1.0, self.fit_gpu_s / seconds)
-            # fitting's part of the GPU time of fitting and training (CUDA events)
-            busy = self.fit_gpu_s + step_gpu_s
-            out["fit_share_gpu_time"] = self.fit_gpu_s / busy if busy else float("nan")
+            steps_gpu_s = sum(begin.elapsed_time(end) for begin, end in self._steps) / 1e3
+            busy = self.fit_gpu_s + steps_gpu_s
+            out.update(
+                steps=len(self._steps),
+                steps_gpu_s=steps_gpu_s,  # CUDA-event seconds of the training steps
+                fit_gpu_s=self.fit_gpu_s,  # CUDA-event seconds of the loader's device work
+                fit_gpu_share=min(1.0, self.fit_gpu_s / seconds),
+                # fitting's part of the GPU time of fitting and training
+                fit_share_gpu_time=self.fit_gpu_s / busy if busy else float("nan"),
+                gpu_memory_gb=torch.cuda.max_memory_allocated() / 2**30,
+            )
         if self.peak > 0 and self.flops_per_sample > 0:
             # training FLOPs ~ 3x forward (backward ~ 2x forward)
             achieved = 3.0 * self.flops_per_sample * self.samples / seconds
