@@ -103,12 +103,12 @@ def test_a_training_step_never_waits_for_the_host():
     """A GS-CLIP step as the loop runs it (the batch claimed for the training stream,
     forward, backward, optimiser step, the step timer, the loss kept on the device) in bf16
     under DeepSpeed, with the paper's gradient clipping."""
-    from streamfit.data.nodes import claim
     from streamfit.models import GSModelConfig, build_gs_clip
     from streamfit.splats import Splats
     from streamfit.train.config import TrainConfig
     from streamfit.train.distributed import init_distributed
-    from streamfit.train.engine import build_engine
+    from streamfit.train.engine import build_engine, clips_itself
+    from streamfit.train.loop import train_step
     from streamfit.train.loss import contrastive_loss
     from streamfit.train.metrics import StepTimer
 
@@ -122,25 +122,22 @@ def test_a_training_step_never_waits_for_the_host():
         GSModelConfig(model_kwargs=model_kwargs, num_tokens=16, latent_dim=64, stem_dim=64)
     )
     train = TrainConfig(precision="bf16", grad_clip=1.0, zero_stage=0)
+    assert clips_itself(train, "bf16")
     groups = model.param_groups(1e-3, 0.1)
     engine, _ = build_engine(model.to(device), groups, train, 8, world, 10, device)
     timer = StepTimer(1.0, 1.0, world, device)
-    splats = Splats(
-        torch.rand(8, 50, 8, device=device) * 30,
-        torch.ones(8, 50, dtype=torch.bool, device=device),
-        32,
-        32,
-    )
+    params = torch.rand(8, 50, 8, device=device)  # log-scales, shear, colours in 0..1
+    params[..., :2] *= 32  # centres in the 32 x 32 image
+    splats = Splats(params, torch.ones(8, 50, dtype=torch.bool, device=device), 32, 32)
     losses = []
 
+    def loss_of(batch: dict) -> torch.Tensor:
+        params, mask = batch["splats"].params, batch["splats"].mask
+        return contrastive_loss(**engine(params, mask, batch["tokens"], 32, 32))
+
     def step() -> None:
-        batch = claim({"splats": splats, "tokens": torch.randint(0, 1000, (8, 16))}, device)
-        timer.step_started()
-        out = engine(splats.params, splats.mask, batch["tokens"], 32, 32)
-        loss = contrastive_loss(**out)
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.detach())
+        batch = {"splats": splats, "tokens": torch.randint(0, 1000, (8, 16))}
+        losses.append(train_step(engine, batch, loss_of, device, timer, train.grad_clip))
         timer.add(8, 0.0, {"fit_s": 0.0, "fit_gpu_s": 0.0, "hits": 0, "fitted": 8})
 
     for _ in range(2):

@@ -25,8 +25,23 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def clips_itself(cfg: TrainConfig, precision: str) -> bool:
+    """Whether the loop clips the gradients (:func:`clip_gradients`) rather than DeepSpeed.
+
+    DeepSpeed's clipping, like its bf16 optimiser wrapper, reads the gradient norm and
+    overflow flags back to the host every step. Without ZeRO the gradients sit on the
+    parameters, so the loop clips them on the device; ZeRO 1/2 partition them, and DeepSpeed
+    clips (a few small host syncs a step); fp16's loss scaling is DeepSpeed's too."""
+    return cfg.grad_clip > 0 and cfg.zero_stage == 0 and precision != "fp16"
+
+
 def deepspeed_config(cfg: TrainConfig, micro_batch: int, world_size: int, precision: str) -> dict:
-    """The DeepSpeed config dict for ``cfg`` (``micro_batch`` samples per rank and step)."""
+    """The DeepSpeed config dict for ``cfg`` (``micro_batch`` samples per rank and step).
+
+    bf16 without ZeRO runs as torch autocast over fp32 parameters (DeepSpeed's bf16 wrapper
+    checks for overflow on the host every step; autocast also keeps the model's own fp32
+    parameters as the optimiser's, so a clamp on them holds). The throughput timer, which
+    synchronises the device twice a step, is off: the loop times steps with CUDA events."""
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": cfg.grad_accum,
@@ -36,14 +51,25 @@ def deepspeed_config(cfg: TrainConfig, micro_batch: int, world_size: int, precis
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,  # the loop logs; DeepSpeed's own step lines would duplicate
         "wall_clock_breakdown": False,
+        "timers": {"throughput": {"enabled": False}},
     }
-    if cfg.grad_clip > 0:
+    if cfg.grad_clip > 0 and not clips_itself(cfg, precision):
         config["gradient_clipping"] = cfg.grad_clip
-    if precision == "bf16":
+    if precision == "bf16" and cfg.zero_stage == 0:
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    elif precision == "bf16":
         config["bf16"] = {"enabled": True}
     elif precision == "fp16":
         config["fp16"] = {"enabled": True, "initial_scale_power": 16}
     return config
+
+
+def clip_gradients(engine: Any, max_norm: float) -> None:
+    """Clip the trainable gradients of ``engine.module`` to ``max_norm`` (total 2-norm) on the
+    device, at the end of a gradient accumulation: no host synchronisation."""
+    if engine.is_gradient_accumulation_boundary():
+        grads = [p for p in engine.module.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True)
 
 
 def build_engine(

@@ -32,7 +32,13 @@ from streamfit.train.checkpoint import (
 )
 from streamfit.train.config import TrainConfig
 from streamfit.train.distributed import barrier
-from streamfit.train.engine import build_engine, group_lrs
+from streamfit.train.engine import (
+    build_engine,
+    clip_gradients,
+    clips_itself,
+    group_lrs,
+    resolve_precision,
+)
 from streamfit.train.metrics import MetricsWriter, StepTimer, count_flops, peak_flops
 from streamfit.train.run import count_samples, lockstep, scheduled_steps
 
@@ -210,6 +216,28 @@ def build_trainer_engine(
     return build_engine(model, groups, train, data.batch_size, world, total_steps, device)
 
 
+def train_step(
+    engine: Any,
+    batch: dict,
+    loss_of: Callable[[dict], torch.Tensor],
+    device: torch.device,
+    timer: StepTimer,
+    grad_clip: float = 0.0,
+) -> torch.Tensor:
+    """One micro-step as the loop runs it: the loader's batch claimed for this stream,
+    forward, backward, gradients clipped on the device (``grad_clip > 0``), the optimiser
+    step, timed on a GPU by CUDA events. Nothing waits for the device; the loss comes back
+    as a device tensor."""
+    claim(batch, device)
+    timer.step_started()
+    loss = loss_of(batch)
+    engine.backward(loss)
+    if grad_clip > 0:
+        clip_gradients(engine, grad_clip)
+    engine.step()
+    return loss.detach()
+
+
 class Trainer:
     """One run's loop: resumes from ``{run}/checkpoints`` (``run.resume``), then trains
     ``train.epochs`` with ``loss_of(batch)``, logging to ``{run}/metrics.jsonl``.
@@ -231,6 +259,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.train = cfg, cfg.train
         self.engine, self.loader, self.evaluator = engine, loader, evaluator
+        self.clip = clips_itself(cfg.train, resolve_precision(cfg.train.precision, device))
         self.rank, self.device = rank, device
         self.metrics = evaluator.metrics = MetricsWriter(run_dir, rank == 0)
         self.checkpointer = Checkpointer(engine, run_dir / "checkpoints", loader, cfg, cfg.train)
@@ -265,12 +294,8 @@ class Trainer:
                 desc=f"epoch {epoch}", unit="step", disable=self.rank != 0 or not train.progress
             )
             for batch, waited in lockstep(self.loader, self.device):
-                claim(batch, self.device)
-                self.timer.step_started()
-                loss = loss_of(batch)
-                engine.backward(loss)
-                engine.step()
-                losses.append(loss.detach())
+                clip = train.grad_clip if self.clip else 0.0
+                losses.append(train_step(engine, batch, loss_of, self.device, self.timer, clip))
                 self.timer.add(len(batch["keys"]), waited, batch["timing"])
                 if self.seen is not None:
                     self.seen.writelines(f"{epoch}\t{key}\n" for key in batch["keys"])

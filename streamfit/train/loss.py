@@ -45,6 +45,10 @@ def contrastive_loss(
     Returns:
         The scalar loss of this rank's rows (the mean over ranks is open_clip's loss).
     """
+    # float32 logits whatever the features' precision (a bf16 model under autocast hands
+    # out bf16 and float32 features): a sharp temperature needs them
+    image_features, text_features = image_features.float(), text_features.float()
+    logit_scale = logit_scale.float()
     all_images, offset = gather_rows(image_features)
     all_texts, _ = gather_rows(text_features)
     logits_per_image = logit_scale * image_features @ all_texts.T
