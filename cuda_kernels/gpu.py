@@ -526,6 +526,8 @@ def kernel_signatures(tile: int) -> dict:
     ``tools/kernel_report.py`` compiles ahead of time without a GPU."""
     from numba import types
 
+    from cuda_kernels import colour_gpu, init_gpu
+
     def array(dtype, ndim):
         return types.Array(dtype, ndim, "C")
 
@@ -566,4 +568,26 @@ def kernel_signatures(tile: int) -> dict:
             (array(f32, 3), array(types.uint32, 3), i64, f32, array(f32, 4)),
         ),
         "adam_step": (adam_step, (array(f32, 1),) * 5 + (f32,) * 7),
+        # the default fit's fixed costs: its initialisation and its colour systems
+        "adaptive_layout": (
+            init_gpu.adaptive_layout,
+            (array(f32, 4),)
+            + (types.float64,) * 5
+            + (i64,)
+            + (array(types.float64, 4), array(types.float64, 3))
+            + (array(types.float64, 4), array(types.float64, 3)),
+        ),
+        "gram_tiles": (
+            colour_gpu.gram_tiles,
+            (
+                array(f32, 3),
+                array(types.uint32, 3),
+                array(f32, 4),
+                i64,
+                i64,
+                f32,
+                array(f32, 3),
+                array(f32, 3),
+            ),
+        ),
     }

@@ -96,6 +96,8 @@ def test_runtime_signatures_are_the_reported_ones(gpu_backend):
     _, grad = gpu_backend.loss_and_grad(params.cuda(), mask.cuda(), target)
     state = [torch.zeros_like(grad), torch.zeros_like(grad)]
     gpu_backend.adam_step(params.cuda(), grad, *state, torch.ones(8, device="cuda"), 1, (0.9, 0.99))
+    gpu_backend.colour_system(params.cuda(), mask.cuda(), target)
+    gpu_backend.adaptive_layout(target, 20, 0.9, 1.4, 1.0, 0.5)
     for name, (kernel, signature) in gpu.kernel_signatures(gpu_backend.tile).items():
         assert tuple(signature) in [tuple(s) for s in kernel.signatures], name
 

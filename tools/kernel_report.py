@@ -123,7 +123,8 @@ def compile_ptx(kernel, signature) -> str:
     current = dispatcher.get_current_device
     dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(9, 0))
     try:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0), fastmath=gpu.FASTMATH)
+        fastmath = kernel.targetoptions.get("fastmath", False)  # as the kernel was declared
+        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0), fastmath=fastmath)
     finally:
         dispatcher.get_current_device = current
     return ptx
