@@ -9,8 +9,8 @@
 #   4. the training job (recipes/configs/gpu_check.yaml) in three modes of one config: RGB
 #      pixels, splats fitted cold (no cache), splats from a warm cache; and cold with the
 #      fits on the training stream instead of a stream of their own;
-#   5. OUT/gpu_report.json (tools/gpu_report.py) with every figure, OUT/gpu_check.log, and
-#      OUT/raw.tar.gz (the runs' metrics, the benchmark rows, the test report).
+#   5. OUT/gpu_report.json (tools/gpu_report.py; refreshed after each stage) with every
+#      figure, OUT/gpu_check.log, and OUT/raw.tar.gz (the files the report was made from).
 #
 #   bash tools/gpu_check.sh OUT [SAMPLE]
 #
@@ -27,6 +27,8 @@ exec > >(tee "$out/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE PYTHONPATH="$PWD"
 start=$SECONDS
 stamp() { echo "=== [$((SECONDS - start)) s] $*"; }
+# OUT/gpu_report.json from what has been measured so far (a cut-short run keeps its figures)
+report() { python3 tools/gpu_report.py "$work" --json "$out/gpu_report.json" > "$work/report.log" 2>&1; }
 
 if compgen -G ".whl/*.whl" >/dev/null; then
     stamp "installing the carried wheels"
@@ -76,6 +78,7 @@ bench() {  # name, timeout, arguments
         --json "$work/bench_$name.json" "$@"
 }
 bench default 90 --batches 256,4096
+report
 bench eager 45 --batches 256 --eager
 bench cholesky 60 --batches 256 colour_solver=cholesky
 
@@ -96,6 +99,7 @@ train() {  # mode, timeout, overrides
         > "$work/train_$mode.log" 2>&1
     echo "exit $?"
     grep -vE "^(# resolved|[a-z_]+:$|  )" "$work/train_$mode.log" | tail -n 20
+    report
 }
 train rgb 100 data.fit=none
 train cold 100 'data.cache_dir=""'
@@ -105,14 +109,8 @@ if [ $((SECONDS - start)) -lt 330 ]; then
 fi
 
 stamp "the report"
-cp "$work"/*.json "$work/tests.xml" "$work"/*.log "$out/" 2>/dev/null
-for run in "$work"/runs/*/; do
-    mkdir -p "$out/runs/$(basename "$run")"
-    cp "$run/metrics.jsonl" "$out/runs/$(basename "$run")/" 2>/dev/null
-done
-python3 tools/gpu_report.py "$out"
-# three files come back: the report, this log, and the raw files the report was made from
-(cd "$out" && tar czf raw.tar.gz --exclude=gpu_report.json --exclude=gpu_check.log \
-    ./*.json ./*.log tests.xml runs && rm -rf runs tests.xml bench_*.json psnr_*.json \
-    device.json train_*.log psnr_cpu.log)
+report
+cat "$work/report.log"
+# three files come back: the report, this log, and the files the report was made from
+(cd "$work" && tar czf "$out/raw.tar.gz" ./*.json ./*.log tests.xml runs/*/metrics.jsonl)
 stamp "done"
