@@ -181,11 +181,18 @@ def test_a_damaged_file_is_a_one_line_error(runs, tmp_path, damage):
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
-def test_deepspeed_types_are_named_by_their_import_path():
+def test_deepspeed_types_are_named_by_their_import_path_and_load(tmp_path):
+    # fp16 runs (GPU only) pickle a DynamicLossScaler into their ZeRO optimiser states
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+
     for name in DEEPSPEED_TYPES:
         module, _, attr = name.rpartition(".")
         cls = getattr(importlib.import_module(module), attr)
         assert f"{cls.__module__}.{cls.__qualname__}" == name
+    scaler = DynamicLossScaler(2.0**16, 1000, 1.0, 2, False, dtype=torch.float16)
+    torch.save({"loss_scaler": scaler}, tmp_path / "x.pt")
+    loaded = load_tensors(tmp_path / "x.pt")["loss_scaler"]
+    assert type(loaded) is DynamicLossScaler and vars(loaded) == vars(scaler)
 
 
 def _tool():
