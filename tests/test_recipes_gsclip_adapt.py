@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from streamfit.data.synthetic import write_split, write_synthetic_dataset
+from streamfit.eval.weights import read_weights
 from streamfit.models import load_teacher
 from streamfit.train.checkpoint import save_weights
 
@@ -86,10 +87,7 @@ def run_recipe(config: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
     tag = (run_dir / "checkpoints" / "latest").read_text().strip()
-    states = torch.load(
-        run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False
-    )
-    return states["module"]
+    return read_weights(run_dir / "checkpoints" / tag)
 
 
 def test_resume_gives_the_same_parameters_as_a_straight_run(tiny):

@@ -5,6 +5,9 @@ states, the run's counters (``client_state``: step, epoch, ...), each rank's dat
 (``loader_rank{r}.pt``) and the resolved ``config.yaml``. It is written under a hidden
 temporary name and renamed when every rank has finished; ``{root}/latest`` (the tag) is
 replaced last, so it never names a half-written checkpoint.
+
+Resuming reads every file as data only (:func:`streamfit.eval.weights.load_tensors`), also the
+ones DeepSpeed reads itself, so a checkpoint directory from elsewhere cannot run code.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from streamfit.config import ConfigError
-from streamfit.eval.weights import LATEST
+from streamfit.eval.weights import LATEST, CheckpointReadError, load_tensors
 from streamfit.train.distributed import barrier
 
 logger = logging.getLogger("streamfit.train")
@@ -108,9 +113,18 @@ def find_checkpoint(resume: str, root: str | Path) -> Path | None:
 
 def load_checkpoint(engine: Any, path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore model, optimiser and scheduler into ``engine`` from ``path`` (a collective
-    call); returns (client_state, this rank's loader state)."""
+    call); returns (client_state, this rank's loader state).
+
+    Every file is read with ``weights_only=True``; one holding anything else raises
+    :class:`ConfigError` (one line, naming the file and what it needed) before it runs.
+    """
     path = Path(path)
-    loaded, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+    try:
+        with _tensors_only(engine):
+            loaded, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+        loader_state = load_tensors(path / f"loader_rank{_rank():03d}.pt")
+    except CheckpointReadError as err:
+        raise ConfigError(f"run.resume: {err}") from None
     if loaded is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
     if client_state.get("world_size", _world()) != _world():
@@ -118,9 +132,34 @@ def load_checkpoint(engine: Any, path: str | Path) -> tuple[dict[str, Any], dict
             f"{path} was written by {client_state['world_size']} ranks; the data loader state "
             f"is per rank, so resume with the same number (now {_world()})"
         )
-    loader_state = torch.load(path / f"loader_rank{_rank():03d}.pt", weights_only=True)
     logger.info("resumed from %s (step %s)", path, client_state.get("step"))
     return client_state, loader_state
+
+
+class _TensorsOnlyLoads:
+    """A DeepSpeed checkpoint engine whose ``load`` reads with :func:`load_tensors`; all else
+    is the wrapped engine's. DeepSpeed's own ``load`` unpickles in full."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return load_tensors(path, map_location)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@contextmanager
+def _tensors_only(engine: Any) -> Iterator[None]:
+    """DeepSpeed reads model, optimiser and scheduler states through ``engine.checkpoint_engine``
+    (ZeRO stages 0-3 alike): within this block, it reads them as data only."""
+    own = engine.checkpoint_engine
+    engine.checkpoint_engine = _TensorsOnlyLoads(own)
+    try:
+        yield
+    finally:
+        engine.checkpoint_engine = own
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
