@@ -29,7 +29,7 @@ from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.config import load_config
 from streamfit.data import DataConfig
 from streamfit.eval import EvalConfig, zero_shot, zero_shot_setup
-from streamfit.eval.weights import locate_weights, read_weights
+from streamfit.eval.weights import CheckpointReadError, locate_weights, read_weights
 from streamfit.fit import FitConfig, get_backend
 from streamfit.hardware import resolve_device
 from streamfit.models import (
@@ -91,7 +91,10 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, F
     else:
         rgb = load_config(RGBModelConfig, config_path, section="model")
         model = load_teacher(rgb.model_name, None, **rgb.model_kwargs)
-    state = read_weights(weights)
+    try:
+        state = read_weights(weights)
+    except CheckpointReadError as err:  # a refused or damaged file: one line, no traceback
+        sys.exit(f"error: {err}")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.eval(), data, fit_cfg
 
