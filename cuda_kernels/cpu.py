@@ -497,3 +497,94 @@ def adam_step(params, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, bias1, bias2,
             exp_avg_sq[b, i, k] = v
             denom = np.sqrt(v / bias2) + eps
             params[b, i, k] -= m * (lr[k] / bias1) / denom
+
+
+# ------------------------------------------------------------------ launches
+# The same stages, names and argument order as the launchers of cuda_kernels.gpu: projection
+# and binning, the fused tile pass, the reduction of its partial gradients (the GPU adds
+# them with atomics inside its tile pass instead), Adam. The CPU's work arrays are
+# ``proj [B, N, 8]``, ``box [B, N, 4]`` int32 (the GPU's: ``proj`` and the tile bitmask) and
+# ``bad [B]`` uint8; its target is planar, ``[B, 3, H, W]``.
+def launch_project(params, mask, tile: int, qcut, height: int, width: int, proj, box, bad):
+    """Projection and binning of a batch; returns ``(offsets, order, tiles_x, n_tiles)``,
+    the CSR tile lists (their lengths are free on a CPU, so no bitmask is needed)."""
+    project(params, mask, height, width, qcut, proj, box, bad)
+    tiles_x = (width + tile - 1) // tile
+    tiles_y = (height + tile - 1) // tile
+    offsets, order = bin_tiles(box, tile, tiles_x, tiles_y)
+    return offsets, order, tiles_x, tiles_x * tiles_y
+
+
+def launch_render(params, mask, tile: int, qcut, proj, box, bad, image) -> None:
+    """Render a batch into ``image [B, H, W, 3]`` float32 (the caller marks the images
+    flagged in ``bad``)."""
+    height, width = image.shape[1], image.shape[2]
+    offsets, order, tiles_x, n_tiles = launch_project(
+        params, mask, tile, qcut, height, width, proj, box, bad
+    )
+    raster_tiles(
+        proj,
+        box,
+        offsets,
+        order,
+        np.empty((0, 0, 0, 3), np.float32),
+        tile,
+        tiles_x,
+        n_tiles // tiles_x,
+        qcut,
+        np.float32(0.0),
+        image,
+        np.empty(0, np.float32),
+        np.empty((0, 8), np.float32),
+    )
+
+
+def launch_loss_and_grad(
+    params, mask, target, tile: int, qcut, proj, box, bad, loss, grad, parts: int
+) -> None:
+    """MSE ``loss [B]`` (sum of squared errors / (H*W*3); NaN where ``bad``) and ``grad [B, N,
+    8]`` (zeroed by the caller; d sum_b loss_b / d params) for the planar ``target``.
+    ``parts``: see :func:`reduce_tiles`."""
+    n_img, _, height, width = target.shape
+    offsets, order, tiles_x, n_tiles = launch_project(
+        params, mask, tile, qcut, height, width, proj, box, bad
+    )
+    count = height * width * 3
+    tile_sse = np.empty(n_img * n_tiles, np.float32)
+    partial = np.empty((order.shape[0], 8), np.float32)
+    raster_tiles(
+        proj,
+        box,
+        offsets,
+        order,
+        target,
+        tile,
+        tiles_x,
+        n_tiles // tiles_x,
+        qcut,
+        np.float32(2.0 / count),
+        np.empty((0, 0, 0, 3), np.float32),
+        tile_sse,
+        partial,
+    )
+    reduce_tiles(
+        offsets, order, partial, tile_sse, n_tiles, parts, np.float32(1.0 / count), bad, loss, grad
+    )
+
+
+def launch_adam(params, grad, exp_avg, exp_avg_sq, lr, betas, step: int, eps: float) -> None:
+    """Adam on ``[B, N, 8]`` float32 arrays with ``lr [8]``; the float32 scalars of
+    ``FitBackend.adam_step``."""
+    beta1, beta2 = betas
+    adam_step(
+        params,
+        grad,
+        exp_avg,
+        exp_avg_sq,
+        lr,
+        np.array([beta1, 1.0 - beta1], np.float32),
+        np.array([beta2, 1.0 - beta2], np.float32),
+        np.float32(1.0 - beta1**step),
+        np.float32(1.0 - beta2**step),
+        np.float32(eps),
+    )

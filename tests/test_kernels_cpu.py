@@ -89,8 +89,11 @@ def test_reduce_in_parts_matches_reduce_per_image(backend, parts):
     """``reduce_tiles`` splitting each image's splats among steps adds the same partials."""
     params, mask = random_splats(2, 23, 30, 35, seed=12)
     target = torch.rand(2, 30, 35, 3, generator=torch.Generator().manual_seed(7))
-    proj, box, bad, (tiles_x, tiles_y) = backend._project(params, mask, 30, 35)
-    offsets, order = cpu_kernels.bin_tiles(box, backend.tile, tiles_x, tiles_y)
+    p, m, proj, box, bad = backend._work(params, mask)
+    offsets, order, tiles_x, n_tiles = cpu_kernels.launch_project(
+        p, m, backend.tile, backend.qcut, 30, 35, proj, box, bad
+    )
+    tiles_y = n_tiles // tiles_x
     tile_sse = np.empty(2 * tiles_x * tiles_y, np.float32)
     partial = np.empty((order.shape[0], 8), np.float32)
     cpu_kernels.raster_tiles(

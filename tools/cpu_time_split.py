@@ -104,7 +104,9 @@ def measure(cfg: SplitConfig) -> dict[str, float]:
     backend = CpuBackend()
     params = initial_params(images, FitConfig(gaussians=cfg.gaussians), backend).contiguous()
     mask = torch.ones(params.shape[:2], dtype=torch.bool)
-    proj, box, bad, (tiles_x, tiles_y) = backend._project(params, mask, cfg.size, cfg.size)
+    p, m, proj, box, bad = backend._work(params, mask)
+    kernels.project(p, m, cfg.size, cfg.size, backend.qcut, proj, box, bad)
+    tiles_x = tiles_y = -(-cfg.size // backend.tile)
     offsets, order = kernels.bin_tiles(box, backend.tile, tiles_x, tiles_y)
     planes = backend._planes(images)
     image = np.empty((cfg.batch, cfg.size, cfg.size, 3), np.float32)
@@ -122,7 +124,7 @@ def measure(cfg: SplitConfig) -> dict[str, float]:
         )  # fmt: skip
 
     stages = {
-        "project": lambda: backend._project(params, mask, cfg.size, cfg.size),
+        "project": lambda: kernels.project(p, m, cfg.size, cfg.size, backend.qcut, proj, box, bad),
         "bin_tiles": lambda: kernels.bin_tiles(box, backend.tile, tiles_x, tiles_y),
         "raster_tiles (render)": lambda: raster(empty, image, tile_sse[:0], partial[:0]),
         "raster_tiles (loss and gradient)": lambda: raster(planes, empty, tile_sse, partial),

@@ -13,7 +13,6 @@ before torch is imported, as ``tools/benchmark_fit.py`` does.
 
 from __future__ import annotations
 
-import math
 import time
 import weakref
 
@@ -58,11 +57,11 @@ class CpuBackend(FitBackend):
         self.qcut = np.float32(Q_CUTOFF)
         self._target_planes: tuple[weakref.ref, int, np.ndarray] | None = None
 
-    def _project(
-        self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-        """Projected splats ``[B, N, 8]``, their pixel boxes ``[B, N, 4]``, the ``bad`` flags
-        ``[B]`` and the tile grid ``(tiles_x, tiles_y)``."""
+    def _work(
+        self, params: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Checked kernel inputs and the work arrays of one launch sequence: ``(params, mask,
+        proj [B, N, 8], box [B, N, 4], bad [B])``."""
         p = _view(params)
         m = _view(mask, torch.bool)
         n_img, n_spl = m.shape
@@ -70,75 +69,7 @@ class CpuBackend(FitBackend):
             raise ValueError(f"params {p.shape} and mask {m.shape} disagree")
         proj = np.empty((n_img, n_spl, kernels.PROJ_FIELDS), np.float32)
         box = np.empty((n_img, n_spl, 4), np.int32)
-        bad = np.zeros(n_img, np.uint8)
-        kernels.project(p, m, height, width, self.qcut, proj, box, bad)
-        grid = (math.ceil(width / self.tile), math.ceil(height / self.tile))
-        return proj, box, bad, grid
-
-    def _raster(
-        self,
-        params: torch.Tensor,
-        mask: torch.Tensor,
-        target: torch.Tensor | None,
-        height: int,
-        width: int,
-    ) -> tuple[np.ndarray | None, torch.Tensor | None, torch.Tensor | None]:
-        proj, box, bad, (tiles_x, tiles_y) = self._project(params, mask, height, width)
-        n_img, n_spl = box.shape[:2]
-        offsets, order = kernels.bin_tiles(box, self.tile, tiles_x, tiles_y)
-        count = height * width * 3
-        empty = np.empty((0, 0, 0, 3), np.float32)
-        if target is None:
-            image = np.empty((n_img, height, width, 3), np.float32)
-            kernels.raster_tiles(
-                proj,
-                box,
-                offsets,
-                order,
-                empty,
-                self.tile,
-                tiles_x,
-                tiles_y,
-                self.qcut,
-                np.float32(0.0),
-                image,
-                np.empty(0, np.float32),
-                np.empty((0, 8), np.float32),
-            )
-            image[bad.astype(bool)] = np.nan
-            return image, None, None
-        tile_sse = np.empty(n_img * tiles_x * tiles_y, np.float32)
-        partial = np.empty((order.shape[0], 8), np.float32)
-        kernels.raster_tiles(
-            proj,
-            box,
-            offsets,
-            order,
-            self._planes(target),
-            self.tile,
-            tiles_x,
-            tiles_y,
-            self.qcut,
-            np.float32(2.0 / count),
-            empty,
-            tile_sse,
-            partial,
-        )
-        loss = torch.empty(n_img, dtype=torch.float32)
-        grad = torch.zeros(n_img, n_spl, 8, dtype=torch.float32)
-        kernels.reduce_tiles(
-            offsets,
-            order,
-            partial,
-            tile_sse,
-            tiles_x * tiles_y,
-            reduce_parts(n_img),
-            np.float32(1.0 / count),
-            bad,
-            loss.numpy(),
-            grad.numpy(),
-        )
-        return None, loss, grad
+        return p, m, proj, box, np.zeros(n_img, np.uint8)
 
     def _planes(self, target: torch.Tensor) -> np.ndarray:
         """``target`` as ``[B, 3, H, W]`` colour planes, which the loss reads with unit stride.
@@ -160,7 +91,8 @@ class CpuBackend(FitBackend):
     ) -> torch.Tensor:
         """``[B]`` int64: the (pixel, splat) pairs inside the cut-off of each image, the work
         that does not depend on the tile size (for FLOP rates; 0 for a non-finite image)."""
-        proj, box, _, _ = self._project(params, mask, height, width)
+        p, m, proj, box, bad = self._work(params, mask)
+        kernels.project(p, m, height, width, self.qcut, proj, box, bad)
         counts = np.zeros(box.shape[0], np.int64)
         kernels.cutoff_pairs(proj, box, self.qcut, counts)
         return torch.from_numpy(counts)
@@ -170,7 +102,10 @@ class CpuBackend(FitBackend):
         self, params: torch.Tensor, mask: torch.Tensor, height: int, width: int
     ) -> torch.Tensor:
         """``[B, H, W, 3]`` float32 CPU image; NaN for images with a non-finite valid splat."""
-        image, _, _ = self._raster(params, mask, None, height, width)
+        p, m, proj, box, bad = self._work(params, mask)
+        image = np.empty((m.shape[0], height, width, 3), np.float32)
+        kernels.launch_render(p, m, self.tile, self.qcut, proj, box, bad, image)
+        image[bad.astype(bool)] = np.nan
         return torch.from_numpy(image)
 
     @torch.no_grad()
@@ -179,12 +114,27 @@ class CpuBackend(FitBackend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """MSE ``[B]`` and ``d(sum_b mse_b)/d params [B, N, 8]``; both NaN for an image with a
         non-finite valid splat (the fitter then drops it)."""
-        height, width = check_target(params, target)
-        _, loss, grad = self._raster(params, mask, target, height, width)
+        check_target(params, target)
+        p, m, proj, box, bad = self._work(params, mask)
+        loss = torch.empty(m.shape[0], dtype=torch.float32)
+        grad = torch.zeros(*m.shape, 8, dtype=torch.float32)
+        kernels.launch_loss_and_grad(
+            p,
+            m,
+            self._planes(target),
+            self.tile,
+            self.qcut,
+            proj,
+            box,
+            bad,
+            loss.numpy(),
+            grad.numpy(),
+            reduce_parts(m.shape[0]),
+        )
         return loss, grad
 
     @torch.no_grad()
-    def adam_step(
+    def fused_adam(
         self,
         params: torch.Tensor,
         grad: torch.Tensor,
@@ -193,26 +143,15 @@ class CpuBackend(FitBackend):
         lr: torch.Tensor,
         step: int,
         betas: tuple[float, float],
-        eps: float = 1e-8,
-    ) -> None:
-        """Fused in-place Adam (one pass over the parameters instead of torch's seven)."""
+        eps: float,
+    ) -> bool:
+        """Adam in one pass of :mod:`cuda_kernels.cpu` (on CPU tensors only)."""
         tensors = (params, grad, exp_avg, exp_avg_sq)
-        if not all(t.is_contiguous() and t.dtype == torch.float32 for t in tensors):
-            super().adam_step(params, grad, exp_avg, exp_avg_sq, lr, step, betas, eps)
-            return
-        beta1, beta2 = betas
-        kernels.adam_step(
-            params.numpy(),
-            grad.numpy(),
-            exp_avg.numpy(),
-            exp_avg_sq.numpy(),
-            _view(lr),
-            np.array([beta1, 1.0 - beta1], np.float32),
-            np.array([beta2, 1.0 - beta2], np.float32),
-            np.float32(1.0 - beta1**step),
-            np.float32(1.0 - beta2**step),
-            np.float32(eps),
-        )
+        if any(t.device.type != "cpu" for t in tensors):
+            return False
+        arrays = [t.numpy() for t in tensors]
+        kernels.launch_adam(*arrays, _view(lr), betas, step, eps)
+        return True
 
     @torch.no_grad()
     def adaptive_layout(
@@ -245,8 +184,11 @@ class CpuBackend(FitBackend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The colour normal equations by the tile kernel of :mod:`cuda_kernels.colour_cpu`."""
         height, width = check_target(params, target)
-        proj, box, _, (tiles_x, tiles_y) = self._project(params, mask, height, width)
-        offsets, order = kernels.bin_tiles(box, self.tile, tiles_x, tiles_y)
+        p, m, proj, box, bad = self._work(params, mask)
+        offsets, order, tiles_x, n_tiles = kernels.launch_project(
+            p, m, self.tile, self.qcut, height, width, proj, box, bad
+        )
+        tiles_y = n_tiles // tiles_x
         n_img, n_spl = mask.shape
         gram = torch.empty(n_img, n_spl, n_spl, dtype=torch.float32)
         rhs = torch.empty(n_img, n_spl, 3, dtype=torch.float32)

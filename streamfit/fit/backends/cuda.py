@@ -176,7 +176,7 @@ class CudaBackend(FitBackend):
         return loss, grad
 
     @torch.no_grad()
-    def adam_step(
+    def fused_adam(
         self,
         params: torch.Tensor,
         grad: torch.Tensor,
@@ -185,17 +185,15 @@ class CudaBackend(FitBackend):
         lr: torch.Tensor,
         step: int,
         betas: tuple[float, float],
-        eps: float = 1e-8,
-    ) -> None:
-        """Fused in-place Adam: one kernel instead of torch's seven element-wise passes."""
-        tensors = (params, grad, exp_avg, exp_avg_sq)
-        if not all(t.is_contiguous() and t.dtype == torch.float32 for t in tensors):
-            super().adam_step(params, grad, exp_avg, exp_avg_sq, lr, step, betas, eps)
-            return
+        eps: float,
+    ) -> bool:
+        """Adam in one kernel of :mod:`cuda_kernels.gpu`, on flat views."""
         lr = lr.to(self.device, torch.float32).contiguous()
+        tensors = (params, grad, exp_avg, exp_avg_sq)
         with self._context():
             flat = [self._array(t.view(-1)) for t in tensors]
             kernels.launch_adam(*flat, self._array(lr), betas, step, eps, stream=self._stream())
+        return True
 
     @torch.no_grad()
     def adaptive_layout(
