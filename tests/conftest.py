@@ -8,9 +8,15 @@ import os
 # machine spinning workers slow small fits down by 10x or more. Set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # The simulator runs every GPU thread as a Python thread and polls them at barriers:
+    # with the default 5 ms switch interval a barrier costs milliseconds, with 0.5 ms a tenth
+    sys.setswitchinterval(5e-4)
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 

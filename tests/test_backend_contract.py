@@ -4,7 +4,7 @@ renderer, bad and degenerate input, ``adam_step`` against the interface's defini
 fits against the ``torch`` backend.
 
 ``torch`` and ``cpu`` run here; ``cuda`` runs on a real GPU where there is one, and always
-under the Numba CUDA simulator: ``test_cuda_backend_under_simulator`` runs this file again
+under the Numba CUDA simulator: ``tests/test_simulator.py`` runs this file again
 in a process of its own with ``NUMBA_ENABLE_CUDASIM=1``, where ``cuda`` is the only backend
 and the cases too large for the simulator are left out. Backend-specific tests (tile sizes
 and kernels of one backend) stay in ``test_kernels_cpu.py`` and ``cudasim/sim_gpu_kernels.py``.
@@ -26,7 +26,6 @@ from cudasim.kernel_cases import (
     random_splats,
     reference_loss_and_grad,
     relative_error,
-    run_under_simulator,
 )
 
 from streamfit.fit import FitConfig, fit
@@ -356,10 +355,6 @@ if not SIMULATOR:  # too large for the simulator; and the simulator's own run
 
     def test_registry_returns_the_backend(backend):
         assert isinstance(get_backend(backend.name, str(backend.device)), type(backend))
-
-    def test_cuda_backend_under_simulator():
-        """The simulator must be on before numba is first imported: a process of its own."""
-        run_under_simulator(Path(__file__))
 
 
 def _photos(shard: Path, count: int, size: int) -> torch.Tensor:

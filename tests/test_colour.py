@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from cudasim.colour_cases import colour_case, reference_system, relative_error
-from cudasim.kernel_cases import run_under_simulator
 
 from streamfit.fit.backends.cpu import CpuBackend
 from streamfit.fit.colour import exact_colours, solve_colours
@@ -27,11 +26,6 @@ def test_cpu_gram_matches_dense_reference(tile, height, width, n):
     assert (gram == gram.transpose(1, 2)).all()
     # masked and non-finite splats have zero rows
     assert not gram[0, 0].any() and not gram[-1, 1].any()
-
-
-def test_cuda_gram_under_simulator():
-    """The cuda colour kernel against the dense reference, in a simulator process."""
-    run_under_simulator(TESTS / "cudasim" / "sim_colour_kernels.py")
 
 
 def test_exact_colours_recover_the_colours_that_made_the_image():

@@ -1,9 +1,8 @@
-"""The CUDA kernels: under the Numba CUDA simulator in a child process (no GPU needed), and on
-a real GPU at realistic sizes (``cuda`` marker, skipped without one)."""
+"""The CUDA kernels on a real GPU at realistic sizes (``cuda`` marker, skipped without one);
+under the Numba CUDA simulator they are tested by ``cudasim/sim_gpu_kernels.py``
+(``tests/test_simulator.py`` runs it)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,21 +10,11 @@ from cudasim.kernel_cases import (
     random_splats,
     reference_loss_and_grad,
     relative_error,
-    run_under_simulator,
 )
 
 from streamfit.fit import FitConfig, fit
 from streamfit.fit.backends.torch_backend import TorchBackend
 from streamfit.fit.fitter import luminance
-
-TESTS = Path(__file__).resolve().parent
-
-
-def test_kernels_under_simulator():
-    """The simulator must be switched on before numba is first imported, so it gets a process
-    of its own and never leaks into this one."""
-    run_under_simulator(TESTS / "cudasim" / "sim_gpu_kernels.py")
-
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

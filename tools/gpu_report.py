@@ -19,16 +19,30 @@ leave their fields null; the table printed last says what came out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.report import print_table, write_json
 
 MODES = ("rgb", "cold", "warm", "cold_default_stream", "cold_eager")
+
+
+@dataclass
+class GPUReportConfig:
+    """How the report reads the training runs."""
+
+    skip_windows: int = 1
+    """Log windows at the start of each run's measured epoch left out (start-up: graph
+    captures, the first batches)."""
+
+    def __post_init__(self) -> None:
+        if self.skip_windows < 0:
+            raise ValueError(f"skip_windows must be >= 0, got {self.skip_windows}")
 
 
 def _read(path: Path) -> Any:
@@ -38,8 +52,8 @@ def _read(path: Path) -> Any:
         return None
 
 
-def steady_windows(metrics: Path) -> list[dict]:
-    """The training log windows of the run's last epoch but its first."""
+def steady_windows(metrics: Path, skip: int = 1) -> list[dict]:
+    """The training log windows of the run's last epoch but its first ``skip``."""
     try:
         lines = metrics.read_text().splitlines()
     except OSError:
@@ -48,12 +62,12 @@ def steady_windows(metrics: Path) -> list[dict]:
     if not windows:
         return []
     last = max(w["epoch"] for w in windows)
-    return [w for w in windows if w["epoch"] == last][1:]
+    return [w for w in windows if w["epoch"] == last][skip:]
 
 
-def run_figures(metrics: Path) -> dict[str, float] | None:
+def run_figures(metrics: Path, skip: int = 1) -> dict[str, float] | None:
     """Steady samples/s, fitting shares and peak memory of one run; None without windows."""
-    windows = steady_windows(metrics)
+    windows = steady_windows(metrics, skip)
     if not windows:
         return None
     seconds = sum(w["seconds"] for w in windows)
@@ -76,10 +90,11 @@ def bench_rates(rows: list[dict] | None) -> dict[str, float]:
     return {str(r["batch"]): r["images_per_s"] for r in rows or []}
 
 
-def build_report(out: Path) -> dict:
+def build_report(out: Path, cfg: GPUReportConfig | None = None) -> dict:
+    skip = (cfg or GPUReportConfig()).skip_windows
     device = _read(out / "device.json") or {}
     bench = _read(out / "bench_default.json")
-    runs = {mode: run_figures(out / "runs" / mode / "metrics.jsonl") for mode in MODES}
+    runs = {mode: run_figures(out / "runs" / mode / "metrics.jsonl", skip) for mode in MODES}
     rates = {mode: (figures or {}).get("samples_per_s") for mode, figures in runs.items()}
     psnr = {
         name: (_read(out / f"psnr_{name}.json") or {}).get("mean_psnr") for name in ("cuda", "cpu")
@@ -165,11 +180,11 @@ def print_summary(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="the output folder of tools/gpu_check.sh")
+    parser = tool_parser(__doc__.split("\n\n")[0], GPUReportConfig)
+    parser.add_argument("out", type=Path, help="the work folder of tools/gpu_check.sh")
     parser.add_argument("--json", type=Path, help="where to write (default OUT/gpu_report.json)")
-    args = parser.parse_args(argv)
-    report = build_report(args.out)
+    args, cfg = parse_tool_args(parser, GPUReportConfig, argv)
+    report = build_report(args.out, cfg)
     write_json(args.json or args.out / "gpu_report.json", report)
     print_summary(report)
     return report

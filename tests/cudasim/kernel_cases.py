@@ -12,18 +12,18 @@ import torch
 from streamfit.render import render
 
 
-def run_under_simulator(script: Path) -> None:
-    """Runs the pytest file ``script`` in a process of its own with the Numba CUDA simulator
-    on (it must be set before numba is first imported, and must not leak into this process);
-    fails unless its tests ran and passed."""
+def run_under_simulator(*scripts: Path) -> None:
+    """Runs the pytest files ``scripts`` in one process of their own with the Numba CUDA
+    simulator on (it must be set before numba is first imported, and must not leak into this
+    process); fails unless their tests ran and passed."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(script)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, scripts)],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]

@@ -1,6 +1,6 @@
 """The CUDA colour kernel under the Numba CUDA simulator (tiny sizes), against the dense
 reference. Run only in a process started with ``NUMBA_ENABLE_CUDASIM=1``
-(``tests/test_colour.py`` does that); the file name keeps it out of ordinary collection."""
+(``tests/test_simulator.py`` does that); the file name keeps it out of ordinary collection."""
 
 from __future__ import annotations
 
