@@ -15,20 +15,20 @@ accuracies and writes it as ``{run}/summary.json``.
 
 from __future__ import annotations
 
-import os
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import sys
 import time
+from pathlib import Path
 
-# Fitting threads (Numba) and training threads (torch) share the cores: idle OpenMP workers
-# must sleep rather than spin. Set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from pathlib import Path  # noqa: E402
-
-from streamfit.config import ConfigError  # noqa: E402
-from streamfit.data import EmptyEpoch  # noqa: E402
-from streamfit.train.config import AdaptConfig, parse_args  # noqa: E402
-from streamfit.train.distributed import is_main_process  # noqa: E402
-from streamfit.train.gs import adapt_gs  # noqa: E402
+from streamfit.cli import parse_recipe_args
+from streamfit.config import ConfigError
+from streamfit.data import EmptyEpoch
+from streamfit.train.config import AdaptConfig
+from streamfit.train.distributed import is_main_process
+from streamfit.train.gs import adapt_gs
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "tiny_cpu.yaml")
 
@@ -61,7 +61,7 @@ def print_summary(summary: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     wall_start = time.perf_counter()
-    cfg = parse_args(AdaptConfig, argv, DEFAULT_CONFIG)
+    cfg = parse_recipe_args(AdaptConfig, argv, DEFAULT_CONFIG, __doc__)
     try:
         summary = adapt_gs(cfg, wall_start)
     except (ConfigError, FileNotFoundError, EmptyEpoch) as err:

@@ -11,24 +11,24 @@ With no ``--config`` it trains the small CPU teacher of the offline demo.
 
 from __future__ import annotations
 
-import os
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import sys
 from pathlib import Path
 
-# Loader threads and training threads share the cores: idle OpenMP workers must sleep rather
-# than spin. Set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from streamfit.config import ConfigError  # noqa: E402
-from streamfit.data import EmptyEpoch  # noqa: E402
-from streamfit.train.config import RGBPretrainConfig, parse_args  # noqa: E402
-from streamfit.train.rgb import pretrain_rgb  # noqa: E402
+from streamfit.cli import parse_recipe_args
+from streamfit.config import ConfigError
+from streamfit.data import EmptyEpoch
+from streamfit.train.config import RGBPretrainConfig
+from streamfit.train.rgb import pretrain_rgb
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "tiny_cpu_rgb.yaml")
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_args(RGBPretrainConfig, argv, DEFAULT_CONFIG)
+    cfg = parse_recipe_args(RGBPretrainConfig, argv, DEFAULT_CONFIG, __doc__)
     try:
         summary = pretrain_rgb(cfg)
     except (ConfigError, FileNotFoundError, EmptyEpoch) as err:

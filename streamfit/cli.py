@@ -1,5 +1,6 @@
-"""The command line every tool shares: its own flags, ``--config FILE`` and ``key=value``
-overrides of one typed config (the tool's dataclass, or a library one such as ``FitConfig``).
+"""The command line every tool and recipe shares: its own flags, ``--config FILE`` and
+``key=value`` overrides of one typed config (the tool's dataclass, a library one such as
+``FitConfig``, or a recipe's config tree).
 
 Precedence, lowest first: the schema's defaults, the tool's own defaults, the config file,
 the flags given, the ``key=value`` overrides. ``key=value`` items may stand anywhere on the
@@ -13,7 +14,6 @@ the root logger).
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from streamfit.config import ConfigError, load_config
+from streamfit.report import setup_logging
 
 T = TypeVar("T")
 
@@ -51,16 +52,18 @@ def parse_tool_args(
     flags: Mapping[str, str] | None = None,
     defaults: Sequence[str] = (),
     section: str | None = None,
+    default_config: str | None = None,
 ) -> tuple[argparse.Namespace, T]:
     """Parse ``argv`` into the tool's namespace and a validated ``schema`` instance.
 
     ``flags`` maps a flag's ``dest`` to the config key it sets (default: every flag whose
     ``dest`` is a top-level field of ``schema``); a flag left at ``None`` sets nothing.
     ``defaults`` (``key=value``) are the tool's own defaults, below the config file;
-    ``section``: a config file with this top-level key (a recipe's) gives that part.
-    A bad key or value exits with a one-line error naming it.
+    ``section``: a config file with this top-level key (a recipe's) gives that part;
+    ``default_config``: the file read when no ``--config`` is given. A bad key or value
+    exits with a one-line error naming it.
     """
-    setup_logging()
+    setup_logging(stream=sys.stderr)
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [item for item in argv if is_override(item)]
     parser.add_argument(
@@ -76,6 +79,7 @@ def parse_tool_args(
         if getattr(args, dest) is not None
     ]
     args.overrides = overrides
+    args.config = args.config or default_config
     try:
         cfg = load_config(
             schema, args.config, [*given, *overrides], defaults=defaults, section=section
@@ -85,10 +89,12 @@ def parse_tool_args(
     return args, cfg
 
 
-def setup_logging() -> None:
-    """streamfit's INFO lines on stderr, other libraries' from WARNING (a no-op where the
-    root logger already has a handler)."""
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("streamfit").setLevel(logging.INFO)
+def parse_recipe_args(
+    schema: type[T], argv: Sequence[str] | None, default_config: str, description: str | None
+) -> T:
+    """A recipe's config tree from ``[--config FILE] [key=value ...]`` (``default_config``
+    without ``--config``). DeepSpeed's launcher adds ``--local_rank=N``: accepted and ignored
+    (the rank comes from the environment)."""
+    parser = tool_parser(description, schema)
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    return parse_tool_args(parser, schema, argv, default_config=default_config)[1]

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -30,17 +30,21 @@ def print_key_values(summary: Mapping[str, Any]) -> None:
         print(f"{key:<{width}}  {value}")
 
 
-def setup_logging(rank: int) -> None:
-    """Log lines to stdout with time and rank; streamfit's INFO lines on rank 0 only, and
-    other libraries' (open_clip logs every model build through the root logger) from WARNING."""
+def setup_logging(rank: int | None = None, stream: TextIO = sys.stdout) -> None:
+    """Log lines with their time (and ``rank``, in a run of several processes) to ``stream``:
+    streamfit's INFO lines (on rank 0 only), other libraries' from WARNING (open_clip logs
+    every model build at INFO through the root logger). A recipe logs to stdout, among its
+    progress lines; a tool to stderr, apart from the tables it prints. A recipe's call
+    replaces any set-up before it (a teacher's run sets its own); a tool's keeps one."""
+    where = "" if rank is None else f"[rank {rank}] "
     logging.basicConfig(
         level=logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
+        format=f"%(asctime)s {where}%(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
-        stream=sys.stdout,
-        force=True,
+        stream=stream,
+        force=rank is not None,
     )
-    logging.getLogger("streamfit").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logging.getLogger("streamfit").setLevel(logging.INFO if not rank else logging.WARNING)
 
 
 def format_table(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
 import os
-
-# Idle OpenMP threads of torch and the Numba kernels must sleep, not spin: on a busy 2-core
-# machine spinning workers slow small fits down by 10x or more. Set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import sys
+from pathlib import Path
 
 import pytest
 

@@ -101,7 +101,7 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, F
 
 def main(argv: list[str] | None = None) -> dict:
     args, eval_cfg = parse(argv)
-    setup_logging(0)
+    setup_logging(stream=sys.stderr)
     device = resolve_device(args.device)
     model, data_cfg, gs_fit = load_model(args)
     model.to(device)

@@ -11,7 +11,6 @@ from streamfit.train.config import (
     SyntheticConfig,
     TrainConfig,
     check_inputs,
-    parse_args,
 )
 from streamfit.train.schedule import WarmupCosine, build_scheduler
 
@@ -26,5 +25,4 @@ __all__ = [
     "WarmupCosine",
     "build_scheduler",
     "check_inputs",
-    "parse_args",
 ]

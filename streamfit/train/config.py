@@ -1,26 +1,22 @@
 """The config trees of the training recipes: the data, fitting and model configs of the lower
 layers composed with the run, training-loop and evaluation settings defined here.
 
-``parse_args`` turns ``--config FILE key=value ...`` into a validated tree; ``check_inputs``
-then stops a run at start when a file it needs is missing, naming the key and the path.
+``streamfit.cli.parse_recipe_args`` turns ``--config FILE key=value ...`` into a validated
+tree; ``check_inputs`` then stops a run at start when a file it needs is missing, naming the
+key and the path.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
-from streamfit.config import ConfigError, load_config
+from streamfit.config import ConfigError
 from streamfit.data import DataConfig
 from streamfit.data.shards import expand_shards
 from streamfit.eval.config import EvalConfig
 from streamfit.fit import FitConfig
 from streamfit.models import GSModelConfig, RGBModelConfig
-
-T = TypeVar("T")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -146,25 +142,6 @@ class AdaptConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     teacher_config: str = ""
-
-
-def parse_args(
-    schema: type[T], argv: Sequence[str] | None = None, default_config: str | None = None
-) -> T:
-    """``[--config FILE] [key=value ...]`` -> a validated ``schema`` instance.
-
-    DeepSpeed's launcher adds ``--local_rank=N``; it is accepted and ignored (the rank comes
-    from the environment). Config errors exit with the message naming the key.
-    """
-    parser = argparse.ArgumentParser(description=schema.__doc__)
-    parser.add_argument("--config", default=default_config, help="YAML config file")
-    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4")
-    args = parser.parse_args(argv)
-    try:
-        return load_config(schema, args.config, args.overrides)
-    except (ConfigError, ValueError) as err:
-        parser.exit(2, f"config error: {err}\n")
 
 
 def check_inputs(cfg: RGBPretrainConfig | AdaptConfig) -> None:
