@@ -1,16 +1,25 @@
-"""Shared fixtures: real photos when the shared sample is present, else skip."""
+"""Shared fixtures: real photos when the shared sample is present, else skip. The tests (and
+the tools and recipes they start) keep their zero-shot classifier cache in a folder of their
+own, never the user's."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Idle OpenMP threads of torch and the Numba kernels must sleep, not spin: on a busy 2-core
 # machine spinning workers slow small fits down by 10x or more. Set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# streamfit's default classifier cache lives under XDG_CACHE_HOME (subprocesses inherit it)
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="streamfit-test-cache-")
 
 from pathlib import Path  # noqa: E402
 
-import pytest
+import pytest  # noqa: E402
+
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 
