@@ -12,14 +12,15 @@ import tempfile
 # Idle OpenMP threads of torch and the Numba kernels must sleep, not spin: on a busy 2-core
 # machine spinning workers slow small fits down by 10x or more. Set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# streamfit's default classifier cache lives under XDG_CACHE_HOME (subprocesses inherit it)
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="streamfit-test-cache-")
+# streamfit's default caches (zero-shot classifiers) in a folder of the tests' own; set in the
+# environment, so the tools and recipes the tests start inherit it
+os.environ["STREAMFIT_CACHE"] = tempfile.mkdtemp(prefix="streamfit-test-cache-")
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
+atexit.register(shutil.rmtree, os.environ["STREAMFIT_CACHE"], True)
 
 SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 

@@ -101,7 +101,10 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, F
     if args.model:
         # seeded: two evaluations of a random model are evaluations of the same model
         torch.manual_seed(args.seed)
-        model = load_teacher(args.model, args.pretrained, **json.loads(args.model_kwargs))
+        try:
+            model = load_teacher(args.model, args.pretrained, **json.loads(args.model_kwargs))
+        except FileNotFoundError as err:
+            sys.exit(f"error: {err}")
         size = get_model_preprocess_cfg(model)["size"]
         data = DataConfig(
             image_size=size if isinstance(size, int) else size[0],

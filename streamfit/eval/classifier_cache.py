@@ -37,9 +37,12 @@ NO_CACHE = "none"  # the classifier_cache setting that turns the cache off
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/streamfit/zeroshot_classifiers`` (``~/.cache/...`` when unset)."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "streamfit" / "zeroshot_classifiers"
+    """``$STREAMFIT_CACHE/zeroshot_classifiers``; ``STREAMFIT_CACHE`` defaults to
+    ``$XDG_CACHE_HOME/streamfit``, that to ``~/.cache/streamfit``."""
+    root = os.environ.get("STREAMFIT_CACHE")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamfit"
+    return Path(root) / "zeroshot_classifiers"
 
 
 def open_cache(spec: str) -> ClassifierCache | None:

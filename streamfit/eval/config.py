@@ -21,8 +21,9 @@ class EvalConfig:
     evaluations during training run on ``data`` and choose on it.
 
     ``classifier_cache``: the directory of cached zero-shot classifiers
-    (:mod:`streamfit.eval.classifier_cache`; used for frozen text towers only); empty: the
-    user's cache directory (``~/.cache/streamfit/zeroshot_classifiers``); ``none``: no cache.
+    (:mod:`streamfit.eval.classifier_cache`; used for frozen text towers only); empty:
+    ``$STREAMFIT_CACHE/zeroshot_classifiers``, by default in the user's cache directory
+    (``~/.cache/streamfit/zeroshot_classifiers``); ``none``: no cache.
     """
 
     data: str = ""
