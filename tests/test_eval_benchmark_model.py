@@ -167,6 +167,16 @@ def test_a_directory_that_is_no_run_or_the_wrong_kind_is_refused(runs, tmp_path)
         load_benchmark_model("gs", runs.rgb)
 
 
+def test_zeroshot_eval_of_a_run_evaluates_as_its_eval_section_says(runs, tmp_path):
+    tool = _tool("zeroshot_eval")
+    out = tool.main(["--run", str(runs.gs), "--classifier-cache", str(tmp_path)])
+    assert (out["samples"], out["classes"], out["model"]) == (40, 16, "gs")
+    assert out["data"] == runs.data.heldout and out["classifier_from_cache"] == 0.0
+    again = tool.main(["--run", str(runs.rgb), "--classifier-cache", str(tmp_path)])
+    assert again["model"] == "rgb" and again["classifier_from_cache"] == 1.0  # the teacher's
+    assert tool.main(["--run", str(runs.gs), "max_samples=8"])["samples"] == 8
+
+
 def test_topk_accuracy_is_clip_benchmarks_without_its_numpy_bug():
     tool = _tool("clip_benchmark")
     torch.manual_seed(0)
