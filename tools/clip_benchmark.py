@@ -73,6 +73,8 @@ def install(classifier_cache: str, splat_cache: str | None, loaded: list[Benchma
         model, transform, tokenizer = load_benchmark_model(
             kind, model_name, device, classifier_cache, splat_cache
         )
+        if not loaded and not torch.cuda.is_available():
+            logger.info("no CUDA: %s evaluated in float32 (--no_amp)", model_name)
         loaded.append(model)
         return model, transform, tokenizer
 
@@ -81,7 +83,8 @@ def install(classifier_cache: str, splat_cache: str | None, loaded: list[Benchma
         if name not in models.MODEL_TYPES:
             models.MODEL_TYPES.append(name)  # the CLI's --model_type choices are this list
 
-    build = zeroshot_classification.zero_shot_classifier
+    current = zeroshot_classification.zero_shot_classifier
+    build = getattr(current, "__wrapped__", current)  # clip_benchmark's own, if installed twice
 
     def cached_classifier(model, tokenizer, classnames, templates, device, amp=True):
         if not isinstance(model, BenchmarkModel):
@@ -92,6 +95,7 @@ def install(classifier_cache: str, splat_cache: str | None, loaded: list[Benchma
             prompts = [[t.format(c=name) for t in templates] for name in classnames]
         return model.zero_shot_classifier(classnames, prompts).weights
 
+    cached_classifier.__wrapped__ = build
     zeroshot_classification.zero_shot_classifier = cached_classifier
     zeroshot_classification.accuracy = topk_accuracy
     linear_probe.accuracy = topk_accuracy
@@ -106,10 +110,11 @@ def clip_benchmark_argv(argv: list[str]) -> tuple[argparse.Namespace, list[str]]
     args, rest = own.parse_known_args(argv)
     model_type = _flag_value(rest, "--model_type")
     if rest[:1] == ["eval"] and model_type in MODEL_TYPES:
-        if "--pretrained" not in rest and "--pretrained_model" not in rest:
+        if _flag_value(rest, "--pretrained") is None and not _flag_value(
+            rest, "--pretrained_model"
+        ):
             rest += ["--pretrained", "streamfit"]
         if not torch.cuda.is_available() and "--no_amp" not in rest:
-            logger.info("no CUDA: evaluating in float32 (--no_amp)")
             rest.append("--no_amp")
     return args, rest
 
@@ -125,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import clip_benchmark.cli
     except ImportError as err:
-        print(f"error: clip_benchmark is not installed ({err}): pip install -e '.[eval]'")
+        print(
+            f"error: clip_benchmark is not installed ({err}): pip install -e '.[eval]'",
+            file=sys.stderr,
+        )
         return 1
     args, rest = clip_benchmark_argv(argv)
     loaded: list[BenchmarkModel] = []

@@ -35,7 +35,7 @@ from open_clip.model import get_model_preprocess_cfg
 from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.data import DataConfig
 from streamfit.eval import EvalConfig, zero_shot, zero_shot_setup
-from streamfit.eval.run_model import NotARun, load_run
+from streamfit.eval.run_model import EXPECTED, NotARun, load_run
 from streamfit.eval.weights import locate_weights
 from streamfit.fit import FitConfig, get_backend
 from streamfit.hardware import resolve_device
@@ -82,7 +82,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, EvalConfig]:
 
 
 def _run_config(argv: list[str]) -> Path | None:
-    """The ``config.yaml`` of the ``--run``/``--checkpoint`` on the line, if it has one."""
+    """The ``config.yaml`` of the ``--run``/``--checkpoint`` on the line (None without one);
+    exits naming what was expected when that directory is no run or checkpoint."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--run")
     pre.add_argument("--checkpoint")
@@ -91,8 +92,8 @@ def _run_config(argv: list[str]) -> Path | None:
         return None
     try:
         return locate_weights(Path(known.run or known.checkpoint), bool(known.run))[0]
-    except FileNotFoundError:
-        return None  # load_model names what is missing
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}; expected {EXPECTED}")
 
 
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, FitConfig | None]:

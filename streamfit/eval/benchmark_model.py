@@ -119,12 +119,14 @@ class BenchmarkModel(nn.Module):
                 len(pixels) - len(keep),
                 len(pixels),
             )
-        size = self.data.image_size
-        splats = Splats.from_list([unpack_params(got.blobs[i]) for i in keep], size, size)
-        self.splats += int(splats.mask.sum())
-        features = self.model.encode_splats(splats.to(self.device))
-        out = features.new_zeros(len(pixels), features.shape[1])
-        out[keep] = features
+        out = torch.zeros(len(pixels), self.model.visual.output_dim, device=self.device)
+        if keep:
+            size = self.data.image_size
+            splats = Splats.from_list([unpack_params(got.blobs[i]) for i in keep], size, size)
+            self.splats += int(splats.mask.sum())
+            features = self.model.encode_splats(splats.to(self.device))
+            out = out.to(features.dtype)
+            out[keep] = features
         return out
 
     @torch.no_grad()
