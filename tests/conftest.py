@@ -1,15 +1,26 @@
-"""Shared fixtures: real photos when the shared sample is present, else skip."""
+"""Shared fixtures: real photos when the shared sample is present, else skip. The tests (and
+the tools and recipes they start) keep their zero-shot classifier cache in a folder of their
+own, never the user's."""
 
 from __future__ import annotations
 
 import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
 
 # isort: split
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# streamfit's default caches (zero-shot classifiers) in a folder of the tests' own; set in the
+# environment, so the tools and recipes the tests start inherit it
+os.environ["STREAMFIT_CACHE"] = tempfile.mkdtemp(prefix="streamfit-test-cache-")
+
+atexit.register(shutil.rmtree, os.environ["STREAMFIT_CACHE"], True)
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
     # The simulator runs every GPU thread as a Python thread and polls them at barriers:

@@ -1,4 +1,5 @@
-"""The data tools end to end, small: make_shards (folder, table, synthetic), benchmark_loader,
+"""The data tools end to end, small: make_shards (folder, table, synthetic, a labelled split
+in clip_benchmark's layout), benchmark_loader,
 export_splats and reading the exported splat shards back without fitting."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import importlib.util
 import io
 import json
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -193,6 +195,64 @@ def test_synthetic_dataset_layout(synthetic: Path) -> None:
         assert classes["classnames"][meta["label"]] == meta["classname"] == meta["shape"]
         caption = sample.members["txt"].decode()
         assert caption in {t.format(meta["classname"]) for t in classes["templates"]}
+
+
+def _clip_benchmark_split(root: Path) -> tuple[dict[str, tuple[str, bytes, int]], list[str]]:
+    """``key -> (image ext, image bytes, label)`` of a split in clip_benchmark's layout as its
+    wds reader sees it ({0..nshards-1}.tar, .cls members), and its class names."""
+    nshards = int((root / "test" / "nshards.txt").read_text())
+    samples: dict[str, tuple[str, bytes, int]] = {}
+    for i in range(nshards):
+        with tarfile.open(root / "test" / f"{i}.tar") as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        for name, data in members.items():
+            key, ext = name.rsplit(".", 1)
+            if ext != "cls":
+                samples[key] = (ext, data, int(members[f"{key}.cls"]))
+    return samples, (root / "classnames.txt").read_text().splitlines()
+
+
+def test_the_held_out_split_in_clip_benchmarks_layout(synthetic: Path) -> None:
+    classes = json.loads((synthetic / "classes.json").read_text())
+    root = Path(classes["clip_benchmark"])
+    assert root == synthetic / "clip_benchmark"
+    samples, classnames = _clip_benchmark_split(root)
+    assert classnames == classes["classnames"]
+    templates = (root / "zeroshot_classification_templates.txt").read_text().splitlines()
+    assert templates == [t.replace("{}", "{c}") for t in classes["templates"]]
+    # enough shards for clip_benchmark's 4 default loader workers
+    assert int((root / "test" / "nshards.txt").read_text()) == 4
+    heldout = list(ShardReader(expand_shards(classes["heldout"]), shuffle_buffer=1))
+    assert len(samples) == len(heldout) == 16
+    for sample in heldout:  # the same images, byte for byte, with their labels
+        label = json.loads(sample.members["json"])["label"]
+        assert samples[sample.key] == ("png", sample.members["png"], label)
+
+
+def test_make_shards_labelled_writes_clip_benchmarks_layout(tmp_path: Path) -> None:
+    src = tmp_path / "imagefolder"
+    for name, colour in (("cat", "red"), ("dog", "blue")):
+        (src / name).mkdir(parents=True)
+        Image.new("RGB", (9, 7), colour).save(src / name / "a.jpg")
+        Image.new("RGB", (9, 7), colour).save(src / name / "b.bmp")  # re-encoded as PNG
+    (src / "dog" / "c.png").write_bytes(b"not a png")
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    out, summary = tmp_path / "wds", tmp_path / "summary.json"
+    argv = ["labelled", str(src), "--out", str(out), "--classnames", str(tmp_path / "names.txt"),
+            "--templates", "simple", "--shard-size", "2", "--json", str(summary)]  # fmt: skip
+    assert tool("make_shards").main(argv) == 0
+    result = json.loads(summary.read_text())
+    assert (result["samples"], result["shards"], result["reencoded"]) == (4, 2, 2)
+    assert result["skipped"] == {"bad_image": 1}
+    samples, classnames = _clip_benchmark_split(out)
+    assert classnames == ["cat", "dog"]
+    assert sorted((ext, label) for ext, _, label in samples.values()) == [
+        ("jpg", 0), ("jpg", 1), ("png", 0), ("png", 1),
+    ]  # fmt: skip
+    for ext, data, _ in samples.values():
+        assert Image.open(io.BytesIO(data)).format == {"jpg": "JPEG", "png": "PNG"}[ext]
+    templates = (out / "zeroshot_classification_templates.txt").read_text().splitlines()
+    assert templates[0] == "itap of a {c}." and len(templates) == 7
 
 
 def test_benchmark_then_export_then_read_splat_shards(synthetic: Path, tmp_path: Path) -> None:

@@ -1,13 +1,20 @@
 #!/usr/bin/env python
 """Write DataComp-style webdataset shards (``<key>.jpg|png|webp`` + ``<key>.txt`` +
-``<key>.json``), from a folder of images with captions or from the synthetic shapes dataset.
+``<key>.json``), from a folder of images with captions or from the synthetic shapes dataset;
+or a labelled split in clip_benchmark's ``wds/`` layout.
 
     # images with sidecar captions (photo.jpg + photo.txt, optional photo.json)
     python tools/make_shards.py folder photos/ --out shards/ --shard-size 1000
     # captions from a table (CSV, TSV or Parquet) of path + caption, paths relative to photos/
     python tools/make_shards.py folder photos/ --captions captions.csv --out shards/
-    # the procedural shapes dataset: train + heldout shards, classes.json
+    # the procedural shapes dataset: train + heldout shards, classes.json, and the held-out
+    # split in clip_benchmark's layout (data/shapes/clip_benchmark)
     python tools/make_shards.py synthetic --out data/shapes --n-train 4000 --n-heldout 800
+    # a labelled split (ImageFolder, or shards with .cls / .json label) for clip_benchmark:
+    # OUT/test/{0..n-1}.tar (.cls labels), classnames.txt, zeroshot_classification_templates.txt
+    python tools/make_shards.py labelled /datasets/imagenet/val --out wds_imagenet \
+        --classnames imagenet --templates openai
+    python -m clip_benchmark.cli eval --dataset wds/imagenet --dataset_root wds_imagenet ...
 
 Images are stored as they are (no re-encoding); files that do not open as images, lack a
 caption, or are not listed in the table are skipped and counted.
@@ -17,6 +24,10 @@ The caption table (``--captions``) needs two columns, other columns are ignored:
 - ``--path-column`` (default ``path``): the image, relative to the folder, absolute, or a
   ``file://`` URL (remote URLs are skipped as ``not_local``: download them with img2dataset);
 - ``--caption-column`` (default ``caption``): its caption (empty ones are skipped).
+
+``labelled`` copies JPEG/PNG/WebP images byte for byte (others are re-encoded as PNG) and
+takes class names and templates as ``tools/zeroshot_eval.py`` does (``--classnames imagenet |
+FILE``, ``--templates openai | simple | FILE``, default the class file's own, else openai).
 """
 
 from __future__ import annotations
@@ -48,8 +59,9 @@ IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 
 @dataclass
 class ShardsConfig:
-    """Shard size and names, a caption table's columns (``folder``) and the shapes dataset's
-    size (``synthetic``)."""
+    """Shard size and names, a caption table's columns (``folder``), the shapes dataset's
+    size (``synthetic``), a labelled split's classes, templates and split name
+    (``labelled``)."""
 
     shard_size: int = 1000
     prefix: str = "shard"
@@ -59,6 +71,9 @@ class ShardsConfig:
     n_heldout: int = 800
     image_size: int = 64
     seed: int = 0
+    classnames: str = "imagenet"
+    templates: str = ""
+    split: str = "test"
 
 
 def read_caption_table(path: Path, path_column: str, caption_column: str) -> dict[str, str]:
@@ -195,10 +210,26 @@ def write_synthetic(args: argparse.Namespace, cfg: ShardsConfig) -> dict:
     return {
         "train": dataset.train,
         "heldout": dataset.heldout,
+        "clip_benchmark": dataset.clip_benchmark,
         "samples": dataset.n_train + dataset.n_heldout,
         "classes": len(dataset.classnames),
         "skipped": {},
     }
+
+
+def write_labelled(args: argparse.Namespace, cfg: ShardsConfig) -> dict:
+    # evaluation's reader brings torch, open_clip and the fitting code: only this needs them
+    from streamfit.eval.labelled import write_clip_benchmark_split
+    from streamfit.eval.zeroshot import load_classnames, load_templates
+
+    try:
+        classnames = load_classnames(cfg.classnames)
+        templates = load_templates(cfg.templates, cfg.classnames)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise SystemExit(f"error: {err}") from None
+    return write_clip_benchmark_split(
+        args.src, args.out, classnames, templates, cfg.split, cfg.shard_size
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.add_argument("--n-heldout", type=int, help="default 800")
     synthetic.add_argument("--image-size", type=int, help="default 64")
     synthetic.add_argument("--seed", type=int, help="default 0")
-    for p in (folder, synthetic):
+    labelled = sub.add_parser(
+        "labelled", help="a labelled split in clip_benchmark's wds/ layout (.cls labels)"
+    )
+    labelled.add_argument("src", help="ImageFolder directory, or shards with .cls/.json labels")
+    labelled.add_argument("--classnames", help="imagenet (default) | .txt | .json file")
+    labelled.add_argument("--templates", help="openai | simple | .txt file (default: auto)")
+    labelled.add_argument("--split", help="the split's folder name (default test)")
+    for p in (folder, synthetic, labelled):
         p.add_argument("--out", type=Path, required=True, help="output folder")
         p.add_argument("--shard-size", type=int, help="samples per shard (default 1000)")
         p.add_argument("--json", type=Path, help="write the summary here")
@@ -232,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no such caption table: {args.captions}")
     if args.source == "synthetic" and min(cfg.n_train, cfg.n_heldout) < 0:
         parser.error("n_train and n_heldout must be >= 0")
-    write = write_folder if args.source == "folder" else write_synthetic
-    summary = write(args, cfg)
+    write = {"folder": write_folder, "synthetic": write_synthetic, "labelled": write_labelled}
+    summary = write[args.source](args, cfg)
     print_key_values(summary)
     if args.json:
         write_json(args.json, summary)

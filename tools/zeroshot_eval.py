@@ -10,7 +10,15 @@ splats fitted on the fly, through the run's splat cache.
 
 ``--run DIR`` takes a run directory (its ``config.yaml``; an RGB run's ``best_model.pt``,
 else the latest checkpoint), ``--checkpoint DIR`` one checkpoint directory, ``--model`` a plain
-open_clip model.
+open_clip model. A run or checkpoint without ``--config`` evaluates as its own ``eval:``
+section says (split, class names, templates), so ``--run runs/tiny_cpu`` alone measures the
+demo's held-out split; flags and ``key=value`` still override.
+
+The text classifier (class names x templates through the text tower) is cached on disk,
+keyed by the text tower's weights, the tokenizer, the context length, the class names and the
+prompts: a second evaluation of the same model, or of a GS-CLIP run of the same teacher,
+skips it (``--classifier-cache DIR``, default ``~/.cache/streamfit/zeroshot_classifiers``;
+``none`` turns it off). The cached ``.pt`` file is what clip_benchmark's ``--load_clfs`` reads.
 """
 
 from __future__ import annotations
@@ -22,27 +30,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 from open_clip.model import get_model_preprocess_cfg
 
 from streamfit.cli import parse_tool_args, tool_parser
-from streamfit.config import load_config
 from streamfit.data import DataConfig
 from streamfit.eval import EvalConfig, zero_shot, zero_shot_setup
-from streamfit.eval.weights import CheckpointReadError, locate_weights, read_weights
+from streamfit.eval.run_model import EXPECTED, NotARun, load_run
+from streamfit.eval.weights import CheckpointReadError, locate_weights
 from streamfit.fit import FitConfig, get_backend
 from streamfit.hardware import resolve_device
-from streamfit.models import (
-    GSModelConfig,
-    RGBModelConfig,
-    build_gs_clip,
-    load_teacher,
-    rgb_normaliser,
-)
+from streamfit.models import load_teacher, rgb_normaliser
 from streamfit.report import print_key_values, setup_logging, write_json
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, EvalConfig]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_config = _run_config(argv)
+    if run_config is not None and "--config" not in argv:
+        argv = ["--config", str(run_config), *argv]  # the run's own eval: section
     p = tool_parser(__doc__, EvalConfig)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory (config.yaml + weights)")
@@ -50,12 +55,23 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, EvalConfig]:
     src.add_argument("--model", help="open_clip model name (RGB)")
     p.add_argument("--pretrained", help="with --model: open_clip tag or weights file")
     p.add_argument("--model-kwargs", default="{}", help="with --model: JSON config overrides")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="with --model: the seed of weights --pretrained leaves random (default 0)",
+    )
     p.add_argument("--data", help="ImageFolder directory or shard pattern")
     p.add_argument("--classnames", help="imagenet (default) | .txt | .json file")
     p.add_argument("--templates", help="openai | simple | .txt file (default: auto)")
     p.add_argument("--batch-size", type=int, help="default 128")
     p.add_argument("--max-samples", type=int, help="0 (default): all")
     p.add_argument("--cache-dir", help="GS: splat cache (default: the run's)")
+    p.add_argument(
+        "--classifier-cache",
+        help="zero-shot classifier cache directory (default ~/.cache/streamfit/"
+        "zeroshot_classifiers; none: off)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--per-class-csv", help="write per-class top-1 here")
@@ -65,38 +81,43 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, EvalConfig]:
     return args, cfg
 
 
+def _run_config(argv: list[str]) -> Path | None:
+    """The ``config.yaml`` of the ``--run``/``--checkpoint`` on the line (None without one);
+    exits naming what was expected when that directory is no run or checkpoint."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--run")
+    pre.add_argument("--checkpoint")
+    known, _ = pre.parse_known_args(argv)
+    if not (known.run or known.checkpoint):
+        return None
+    try:
+        return locate_weights(Path(known.run or known.checkpoint), bool(known.run))[0]
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}; expected {EXPECTED}")
+
+
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, DataConfig, FitConfig | None]:
-    """(model in eval mode on the CPU, the data settings to decode with, the fitting settings
-    of a GS model or None for RGB models)."""
+    """(model in eval mode on the CPU with every parameter frozen, the data settings to decode
+    with, the fitting settings of a GS model or None for RGB models)."""
     if args.model:
-        model = load_teacher(args.model, args.pretrained, **json.loads(args.model_kwargs))
+        # seeded: two evaluations of a random model are evaluations of the same model
+        torch.manual_seed(args.seed)
+        try:
+            model = load_teacher(args.model, args.pretrained, **json.loads(args.model_kwargs))
+        except FileNotFoundError as err:
+            sys.exit(f"error: {err}")
         size = get_model_preprocess_cfg(model)["size"]
         data = DataConfig(
             image_size=size if isinstance(size, int) else size[0],
             tokenizer=args.model,
             context_length=model.context_length,
         )
-        return model.eval(), data, None
+        return model.eval().requires_grad_(False), data, None
     try:
-        config_path, weights = locate_weights(Path(args.run or args.checkpoint), bool(args.run))
-    except FileNotFoundError as err:
+        run = load_run(args.run or args.checkpoint, is_run=bool(args.run))
+    except (NotARun, CheckpointReadError) as err:  # one line, no traceback
         sys.exit(f"error: {err}")
-    # the run's own settings, section by section (the recipe's whole tree is training's)
-    data = load_config(DataConfig, config_path, section="data")
-    fit_cfg = None
-    if "fit" in yaml.safe_load(config_path.read_text()):
-        gs = load_config(GSModelConfig, config_path, section="model")
-        model = build_gs_clip(replace(gs, pretrained=None, from_scratch=False))
-        fit_cfg = load_config(FitConfig, config_path, section="fit")
-    else:
-        rgb = load_config(RGBModelConfig, config_path, section="model")
-        model = load_teacher(rgb.model_name, None, **rgb.model_kwargs)
-    try:
-        state = read_weights(weights)
-    except CheckpointReadError as err:  # a refused or damaged file: one line, no traceback
-        sys.exit(f"error: {err}")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return model.eval(), data, fit_cfg
+    return run.model, run.data, run.fit
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -124,12 +145,15 @@ def main(argv: list[str] | None = None) -> dict:
         fit_cfg = backend = None
     result, extras = zero_shot(model, encode, setup, data_cfg, device, 0, 1, fit_cfg, backend)
     out = {**result.to_dict(), **extras, "model": "gs" if gs_fit else "rgb", "data": eval_cfg.data}
+    classifier = "from the cache" if extras["classifier_from_cache"] else "built"
     rows = {
         "top-1": f"{100 * result.top1:.2f}%",
         "top-5": f"{100 * result.top5:.2f}%",
         "chance top-1": f"{100 * result.chance_top1:.2f}%",
         "samples": result.samples,
         "classes": len(result.classnames),
+        "text classifier": f"{classifier} in {extras['classifier_seconds']:.1f} s",
+        "seconds": f"{extras['seconds']:.1f}",
     }
     if "splats_per_image" in extras:
         rows["splats per image"] = f"{extras['splats_per_image']:.1f}"

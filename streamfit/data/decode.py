@@ -158,16 +158,29 @@ def _decode(encoded: bytes, size: int | None, max_pixels: int) -> np.ndarray:
             raise ValueError(f"image has no pixels ({width}x{height})")
         if width * height > max_pixels:
             raise ImageTooLarge(f"{width}x{height} pixels exceeds {max_pixels}")
-        try:
-            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-        except Exception:  # a damaged EXIF block costs the orientation, not the image
-            orientation = 1
+        orientation = exif_orientation(im)
         if size is not None:
             short = min(width, height)
             # JPEG: let libjpeg decode at a reduced scale (still >= size on the shorter side),
             # much faster than full decode + resize for large photos
             im.draft("RGB", (math.ceil(width * size / short), math.ceil(height * size / short)))
         rgb = _to_rgb(im)
+    return square_pixels(rgb, size, orientation)
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag of ``im`` (1, upright, when absent or unreadable)."""
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a damaged EXIF block costs the orientation, not the image
+        return 1
+
+
+def square_pixels(rgb: Image.Image, size: int | None, orientation: int = 1) -> np.ndarray:
+    """A decoded RGB image -> ``[S, S, 3]`` uint8: the centre square of the shorter side,
+    resized to ``size`` (bicubic), then turned upright by its EXIF ``orientation``;
+    ``size=None`` keeps the image as it is. The decoder's last step, and the whole of it for
+    callers handed a PIL image (clip_benchmark's datasets)."""
     if size is not None:
         width, height = rgb.size
         short = min(width, height)

@@ -7,7 +7,9 @@ Colour, size, position and background vary at random and are recorded in the ``.
 never named in the caption, so the only thing a caption tells a contrastive loss about its
 image is the silhouette: a model that learns colour gains nothing. Shapes are dark and
 backgrounds light, so a silhouette is a luminance edge a small ViT finds within a few hundred
-steps. Train, validation and held-out splits are drawn from independent random streams.
+steps. Train, validation and held-out splits are drawn from independent random streams; the
+held-out split is also written in clip_benchmark's ``wds/`` layout (``clip_benchmark/``), so
+clip_benchmark evaluates the same images ``tools/zeroshot_eval.py`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from streamfit.data.writer import ShardWriter, shard_pattern
+from streamfit.data.writer import (
+    CLIP_BENCHMARK_WORKERS,
+    ClipBenchmarkWriter,
+    ShardWriter,
+    shard_pattern,
+)
 
 Polygon = list[tuple[float, float]]
 
@@ -122,7 +129,8 @@ _SUPERSAMPLE = 4  # draw larger, then downscale: anti-aliased edges
 class SyntheticDataset:
     """Where the shards went and what a zero-shot evaluation needs: ``classnames[label]`` and
     ``templates`` (``str.format`` with the class name). ``val`` is empty without a
-    validation split."""
+    validation split. ``clip_benchmark``: the folder holding the held-out split in
+    clip_benchmark's layout (its ``--dataset_root``; empty when not written)."""
 
     train: str
     heldout: str
@@ -132,6 +140,7 @@ class SyntheticDataset:
     n_heldout: int
     val: str = ""
     n_val: int = 0
+    clip_benchmark: str = ""
 
 
 def shape_mask(shape: str, image_size: int) -> Image.Image:
@@ -184,10 +193,17 @@ def render_sample(rng: random.Random, label: int, image_size: int) -> tuple[Imag
 
 
 def write_split(
-    out_dir: str | Path, split: str, n: int, image_size: int, shard_size: int, seed: int
+    out_dir: str | Path,
+    split: str,
+    n: int,
+    image_size: int,
+    shard_size: int,
+    seed: int,
+    clip_benchmark: ClipBenchmarkWriter | None = None,
 ) -> str:
     """``n`` samples (classes balanced, order shuffled) as ``{split}-NNNNNN.tar`` shards from
-    the random stream of ``(seed, split)``; returns their brace pattern."""
+    the random stream of ``(seed, split)``, each image also given to ``clip_benchmark`` when
+    set (the same bytes, under the same key); returns the shards' brace pattern."""
     rng = random.Random(f"streamfit-synthetic/{seed}/{split}")
     labels = [i % len(CLASSNAMES) for i in range(n)]
     rng.shuffle(labels)
@@ -196,10 +212,13 @@ def write_split(
             image, caption, meta = render_sample(rng, label, image_size)
             png = io.BytesIO()
             image.save(png, format="PNG")
+            key = f"{split}{i:07d}"
             writer.write(
-                f"{split}{i:07d}",
+                key,
                 {"png": png.getvalue(), "txt": caption.encode(), "json": json.dumps(meta).encode()},
             )
+            if clip_benchmark is not None:
+                clip_benchmark.write(key, "png", png.getvalue(), label)
     return shard_pattern(writer.paths)
 
 
@@ -211,24 +230,39 @@ def write_synthetic_dataset(
     shard_size: int = 500,
     seed: int = 0,
     n_val: int = 0,
+    clip_benchmark: bool = True,
 ) -> SyntheticDataset:
     """Write ``train-*.tar``, ``heldout-*.tar``, with ``n_val`` > 0 ``val-*.tar`` (for choosing
     epochs and settings, so the held-out split only measures), and ``classes.json`` (class
-    names and zero-shot templates) into ``out_dir``."""
+    names and zero-shot templates) into ``out_dir``; with ``clip_benchmark`` the held-out
+    split also as ``clip_benchmark/test/*.tar`` in clip_benchmark's layout
+    (:class:`~streamfit.data.writer.ClipBenchmarkWriter`)."""
     if n_train < 1 or n_heldout < 1:
         raise ValueError("need at least one train and one held-out sample")
     if n_val < 0:
         raise ValueError(f"n_val must be >= 0, got {n_val}")
     out = Path(out_dir)
+    # enough shards for clip_benchmark's default loader workers
+    copy_shard_size = min(shard_size, -(-n_heldout // CLIP_BENCHMARK_WORKERS))
+    heldout_copy = (
+        ClipBenchmarkWriter(
+            out / "clip_benchmark", list(CLASSNAMES), list(TEMPLATES), "test", copy_shard_size
+        )
+        if clip_benchmark
+        else None
+    )
     dataset = SyntheticDataset(
         train=write_split(out, "train", n_train, image_size, shard_size, seed),
-        heldout=write_split(out, "heldout", n_heldout, image_size, shard_size, seed),
+        heldout=write_split(out, "heldout", n_heldout, image_size, shard_size, seed, heldout_copy),
         classnames=list(CLASSNAMES),
         templates=list(TEMPLATES),
         n_train=n_train,
         n_heldout=n_heldout,
         val=write_split(out, "val", n_val, image_size, shard_size, seed) if n_val else "",
         n_val=n_val,
+        clip_benchmark=str(out / "clip_benchmark") if heldout_copy is not None else "",
     )
+    if heldout_copy is not None:
+        heldout_copy.close()
     (out / "classes.json").write_text(json.dumps(asdict(dataset), indent=2))
     return dataset

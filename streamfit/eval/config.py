@@ -19,6 +19,11 @@ class EvalConfig:
     ``val_data``: a validation split (same forms as ``data``, same classes) that chooses the
     best epoch; ``data`` is then held out, evaluated once on the chosen model. Empty: the
     evaluations during training run on ``data`` and choose on it.
+
+    ``classifier_cache``: the directory of cached zero-shot classifiers
+    (:mod:`streamfit.eval.classifier_cache`; used for frozen text towers only); empty:
+    ``$STREAMFIT_CACHE/zeroshot_classifiers``, by default in the user's cache directory
+    (``~/.cache/streamfit/zeroshot_classifiers``); ``none``: no cache.
     """
 
     data: str = ""
@@ -27,3 +32,4 @@ class EvalConfig:
     batch_size: int = 128
     max_samples: int = 0  # 0: all
     val_data: str = ""
+    classifier_cache: str = ""

@@ -10,12 +10,13 @@ from dataclasses import dataclass, replace
 import torch
 
 from streamfit.data import DataConfig
+from streamfit.eval.classifier_cache import Classifier, open_cache, zero_shot_classifier
 from streamfit.eval.config import EvalConfig
 from streamfit.eval.labelled import LabelledBatch, LabelledLoader
 from streamfit.eval.zeroshot import (
     ZeroShotResult,
     ZeroShotTally,
-    build_classifier,
+    class_prompts,
     load_classnames,
     load_templates,
 )
@@ -34,6 +35,26 @@ class ZeroShotSetup:
     def on(self, source: str) -> ZeroShotSetup:
         """The same classes and templates on another split of them (the validation split)."""
         return replace(self, cfg=replace(self.cfg, data=source))
+
+    def classifier(
+        self,
+        model: torch.nn.Module,
+        data_cfg: DataConfig,
+        device: torch.device,
+        progress: bool = True,
+    ) -> Classifier:
+        """``model``'s classifier of these classes and templates, through the classifier
+        cache of ``cfg.classifier_cache`` when its text tower is frozen."""
+        return zero_shot_classifier(
+            model,
+            data_cfg.tokenizer,
+            data_cfg.context_length,
+            self.classnames,
+            class_prompts(self.classnames, self.templates),
+            device,
+            open_cache(self.cfg.classifier_cache),
+            progress,
+        )
 
 
 def zero_shot_setup(cfg: EvalConfig) -> ZeroShotSetup | None:
@@ -67,20 +88,14 @@ def zero_shot(
     ``encode(batch)`` gives ``[B, D]`` normalised image features (from ``batch.rgb`` or
     ``batch.splats``); pass ``fit_cfg`` for GS models. With several ranks each reads its share
     and ``reduce`` sums a tensor over them in place (the trainer's ``all_sum``). Returns
-    (result, extras: seconds; for GS splats per image, compression ratio, cache hit rate and
-    the samples left out because their fit failed).
+    (result, extras: seconds, of them the classifier's, and whether the classifier came from
+    the classifier cache; for GS splats per image, compression ratio, cache hit rate and the
+    samples left out because their fit failed).
     """
     start = time.perf_counter()
     was_training = model.training
     model.eval()
-    classifier = build_classifier(
-        model,
-        data_cfg.tokenizer,
-        data_cfg.context_length,
-        setup.classnames,
-        setup.templates,
-        device,
-    )
+    classifier = setup.classifier(model, data_cfg, device, progress=rank == 0)
     tally = ZeroShotTally(setup.classnames)
     loader = LabelledLoader(
         setup.cfg.data,
@@ -99,7 +114,7 @@ def zero_shot(
         counts[4] += batch.failed
         if not batch.keys:
             continue
-        tally.add(encode(batch), classifier, batch.labels)
+        tally.add(encode(batch), classifier.weights, batch.labels)
         counts[0] += len(batch.keys)
         if batch.splats is not None:
             counts[1] += float(batch.splats.mask.sum())
@@ -108,7 +123,11 @@ def zero_shot(
     tally.sum_over(reduce)
     reduce(counts)
     model.train(was_training)
-    extras = {"seconds": time.perf_counter() - start}
+    extras = {
+        "seconds": time.perf_counter() - start,
+        "classifier_seconds": classifier.seconds,
+        "classifier_from_cache": float(classifier.from_cache),
+    }
     if fit_cfg is not None and counts[1] > 0:
         per_image = float(counts[1] / counts[0])
         extras["splats_per_image"] = per_image

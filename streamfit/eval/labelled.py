@@ -7,17 +7,24 @@ non-finite splats is left out, counted and logged, and never cached.
 
 Each rank reads every ``world_size``-th sample, so a multi-rank evaluation covers the split
 once; the caller sums the per-class tallies over ranks.
+
+:func:`write_clip_benchmark_split` copies a labelled split into clip_benchmark's ``wds/``
+layout, so clip_benchmark evaluates the very images this module reads.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from streamfit.data import DataConfig, SplatCache, cache_settings
 from streamfit.data.decode import Decoder, cache_id
@@ -31,6 +38,7 @@ from streamfit.data.shards import (
     open_shard,
     parse_meta,
 )
+from streamfit.data.writer import CLIP_BENCHMARK_WORKERS, ClipBenchmarkWriter
 from streamfit.fit import FitBackend, FitConfig, FitGraphs, get_backend
 from streamfit.splats import Splats
 
@@ -187,3 +195,68 @@ class LabelledLoader:
             fitted=fitted,
             failed=len(items) - len(keep),
         )
+
+
+# PIL's format name -> the member extension clip_benchmark decodes
+_CLIP_BENCHMARK_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+def write_clip_benchmark_split(
+    source: str,
+    root: str | Path,
+    classnames: Sequence[str],
+    templates: Sequence[Callable[[str], str]],
+    split: str = "test",
+    shard_size: int = 1000,
+) -> dict:
+    """Copy the labelled split ``source`` (what :func:`iter_labelled` reads) into
+    clip_benchmark's layout under ``root`` (:class:`~streamfit.data.writer.ClipBenchmarkWriter`).
+
+    JPEG, PNG and WebP images are copied byte for byte; other formats (BMP, GIF, TIFF in an
+    ImageFolder) are re-encoded as PNG, losslessly, and counted as ``reencoded``. Images that
+    do not open and labels outside ``classnames`` are skipped and counted. ``templates`` are
+    written as their patterns (each applied to ``{c}``). Returns a summary: ``root``,
+    ``split``, ``samples``, ``shards``, ``classes``, ``templates``, ``reencoded``, ``skipped``.
+    """
+    patterns = [template("{c}") for template in templates]
+    skipped: Counter[str] = Counter()
+    reencoded = 0
+    with ClipBenchmarkWriter(root, list(classnames), patterns, split, shard_size) as writer:
+        for key, data, label in tqdm(iter_labelled(source), desc="clip_benchmark", unit="image"):
+            if not 0 <= label < len(classnames):
+                skipped["label_out_of_range"] += 1
+                logger.warning(
+                    "skipped %s: label %d outside %d classes", key, label, len(classnames)
+                )
+                continue
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    ext = _CLIP_BENCHMARK_FORMATS.get(im.format or "")
+                    if ext is None:
+                        png = io.BytesIO()
+                        im.save(png, format="PNG")
+                        data, ext = png.getvalue(), "png"
+                        reencoded += 1
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                skipped["bad_image"] += 1
+                logger.warning("skipped %s: %s", key, err)
+                continue
+            writer.write(f"{split}{writer.samples:09d}", ext, data, label)
+    shards = len(writer.shards.paths)
+    if shards < CLIP_BENCHMARK_WORKERS:
+        logger.warning(
+            "%d shard(s): run clip_benchmark with --num_workers %d or fewer, or write smaller "
+            "shards (--shard-size)",
+            shards,
+            shards,
+        )
+    return {
+        "root": str(root),
+        "split": split,
+        "samples": writer.samples,
+        "shards": shards,
+        "classes": len(classnames),
+        "templates": len(patterns),
+        "reencoded": reencoded,
+        "skipped": dict(skipped),
+    }

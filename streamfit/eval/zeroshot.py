@@ -1,4 +1,4 @@
-"""Zero-shot classification: a classifier from class names x prompt templates (open_clip's
+"""Zero-shot classification: a classifier from class names x prompt templates (as open_clip's
 ``build_zero_shot_classifier``), ``100 * image_features @ classifier`` logits, top-1/top-5
 and per-class accuracy, summed over batches and ranks."""
 
@@ -16,10 +16,11 @@ from open_clip import (
     IMAGENET_CLASSNAMES,
     OPENAI_IMAGENET_TEMPLATES,
     SIMPLE_IMAGENET_TEMPLATES,
-    build_zero_shot_classifier,
     get_tokenizer,
 )
 from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 Template = Callable[[str], str]
 _BUILTIN_TEMPLATES = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}
@@ -62,27 +63,43 @@ def load_templates(spec: str, classnames_spec: str = "") -> list[Template]:
     return [partial(str.format, p) for p in patterns]
 
 
+def class_prompts(classnames: Sequence[str], templates: Sequence[Template]) -> list[list[str]]:
+    """The prompts of each class: every template applied to its name, in template order."""
+    return [[template(name) for template in templates] for name in classnames]
+
+
 @torch.no_grad()
 def build_classifier(
     model: nn.Module,
     tokenizer_name: str,
     context_length: int,
-    classnames: Sequence[str],
-    templates: Sequence[Template],
+    prompts: Sequence[Sequence[str]],
     device: torch.device | str,
+    progress: bool = False,
+    classes_per_batch: int = 10,
 ) -> torch.Tensor:
-    """``[D, C]`` classifier: per class, the normalised mean of the normalised text features of
-    its prompts (open_clip's ``build_zero_shot_classifier`` on ``model.encode_text``)."""
-    tokenizer = partial(get_tokenizer(tokenizer_name), context_length=context_length)
-    return build_zero_shot_classifier(
-        model,
-        tokenizer=tokenizer,
-        classnames=classnames,
-        templates=templates,
-        num_classes_per_batch=10,
-        device=device,
-        use_tqdm=False,
-    )
+    """``[D, C]`` float32 classifier: per class, the normalised mean of the normalised text
+    features of its prompts (open_clip's ``build_zero_shot_classifier``, for prompt lists that
+    may differ from class to class, as clip_benchmark's class-specific prompts do), encoded
+    ``classes_per_batch`` classes at a time by ``model.encode_text``; ``progress`` shows a bar
+    over the classes."""
+    tokenizer = get_tokenizer(tokenizer_name)
+    n_prompts = sum(len(p) for p in prompts)
+    columns = []
+    with tqdm(
+        total=len(prompts),
+        desc=f"zero-shot classifier ({n_prompts} prompts)",
+        unit="class",
+        disable=not progress,
+    ) as bar:
+        for start in range(0, len(prompts), classes_per_batch):
+            batch = prompts[start : start + classes_per_batch]
+            tokens = tokenizer([p for group in batch for p in group], context_length)
+            features = F.normalize(model.encode_text(tokens.to(device)).float(), dim=-1)
+            for per_class in features.split([len(p) for p in batch]):
+                columns.append(F.normalize(per_class.mean(dim=0), dim=-1))
+            bar.update(len(batch))
+    return torch.stack(columns, dim=1)
 
 
 @dataclass

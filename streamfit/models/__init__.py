@@ -12,6 +12,7 @@ from streamfit.models.gs_clip import (
     build_gs_clip,
     input_bytes,
     part_of,
+    text_tower,
 )
 from streamfit.models.resampler import PerceiverResampler, masked_mean
 from streamfit.models.stem import GSStem, num_splat_features, splat_features
@@ -34,4 +35,5 @@ __all__ = [
     "part_of",
     "rgb_normaliser",
     "splat_features",
+    "text_tower",
 ]

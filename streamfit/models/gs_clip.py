@@ -307,6 +307,19 @@ class GSCLIP(nn.Module):
     input_bytes = staticmethod(input_bytes)
 
 
+def text_tower(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights ``encode_text`` reads (parameters, so ``requires_grad`` shows whether they
+    train, and buffers) of an open_clip CLIP / CustomTextCLIP or a GS-CLIP, named as in the
+    open_clip model for both: a GS-CLIP's text tower is its teacher's, under the same names.
+    The image tower and the logit scale and bias are left out."""
+    clip = model.clip if isinstance(model, GSCLIP) else model
+    return {
+        name: tensor
+        for name, tensor in clip.state_dict(keep_vars=True).items()
+        if not name.startswith("visual.") and name not in ("logit_scale", "logit_bias")
+    }
+
+
 def build_gs_clip(cfg: GSModelConfig, teacher: nn.Module | None = None) -> GSCLIP:
     """Build GS-CLIP from its config.
 

@@ -10,6 +10,7 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.model import get_model_preprocess_cfg
+from open_clip.pretrained import get_pretrained_cfg
 from torch import nn
 
 
@@ -21,9 +22,9 @@ def load_teacher(
     Args:
         model_name: open_clip model name, e.g. ``"ViT-M-16"`` (or an ``hf-hub:``/``local-dir:``
             source, whose own weights are then used and ``pretrained`` is ignored).
-        pretrained: None for random weights; an open_clip pretrained tag (downloaded, so it
-            needs the network or a warm open_clip cache); or the path of a local file, read
-            offline. Accepted files: a ``.safetensors`` file, or a ``torch.save`` file read
+        pretrained: None for random weights; an open_clip pretrained tag (downloaded from the
+            Hugging Face Hub, or read from its cache: with ``HF_HUB_OFFLINE=1`` nothing is
+            fetched); or the path of a local file, read offline. Accepted files: a ``.safetensors`` file, or a ``torch.save`` file read
             with ``weights_only=True``, holding either the model's ``state_dict()`` (what
             streamfit's RGB pre-training writes) or an open_clip training checkpoint
             ``{"state_dict": ...}``; a ``module.`` prefix (DDP) is stripped. Loading is strict.
@@ -36,15 +37,32 @@ def load_teacher(
         cannot handle 0-dim parameters; checkpoints with a 0-dim scale still load).
     """
     source = None if pretrained is None else os.fspath(pretrained)
-    if source is not None and not os.path.isfile(source) and _looks_like_path(source):
+    is_tag = source is not None and not os.path.isfile(source) and ":" not in model_name
+    if is_tag and _looks_like_path(source):
         raise FileNotFoundError(f"teacher checkpoint {source!r} does not exist")
-    return open_clip.create_model(
-        model_name,
-        pretrained=source,
-        nonscalar_logit_scale=True,
-        require_pretrained=source is not None,
-        **model_kwargs,
-    )
+    if is_tag and not get_pretrained_cfg(model_name, source):
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise FileNotFoundError(
+            f"{source!r} is neither a file nor an open_clip pretrained tag of {model_name} "
+            f"(its tags: {', '.join(tags) or 'none'})"
+        )
+    try:
+        return open_clip.create_model(
+            model_name,
+            pretrained=source,
+            nonscalar_logit_scale=True,
+            require_pretrained=source is not None,
+            **model_kwargs,
+        )
+    except RuntimeError as err:
+        if not is_tag or "Failed to download" not in str(err):
+            raise
+        raise FileNotFoundError(
+            f"the weights of {model_name} {source!r} are neither downloadable nor in the Hugging "
+            f"Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}); with "
+            "HF_HUB_OFFLINE=1, load them once with the network on (README: adapting from "
+            "public weights)"
+        ) from None
 
 
 def freeze_like_gs(model: nn.Module, unfrozen_blocks: int) -> nn.Module:
