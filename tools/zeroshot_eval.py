@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import yaml
 from open_clip.model import get_model_preprocess_cfg
 
 from streamfit.cli import parse_tool_args, tool_parser
@@ -46,7 +47,8 @@ from streamfit.report import print_key_values, setup_logging, write_json
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, EvalConfig]:
     argv = list(sys.argv[1:] if argv is None else argv)
     run_config = _run_config(argv)
-    if run_config is not None and "--config" not in argv:
+    has_eval = run_config is not None and "eval" in (yaml.safe_load(run_config.read_text()) or {})
+    if has_eval and "--config" not in argv:
         argv = ["--config", str(run_config), *argv]  # the run's own eval: section
     p = tool_parser(__doc__, EvalConfig)
     src = p.add_mutually_exclusive_group(required=True)

@@ -32,9 +32,9 @@ from streamfit.data.decode import exif_orientation, square_pixels
 from streamfit.data.fetch import fetch_or_fit
 from streamfit.eval.classifier_cache import Classifier, open_cache, zero_shot_classifier
 from streamfit.eval.run_model import NotARun, RunModel, load_run
-from streamfit.fit import get_backend
+from streamfit.fit import FitGraphs, get_backend
 from streamfit.models import rgb_normaliser
-from streamfit.splats import Splats, compression_ratio, unpack_params
+from streamfit.splats import compression_ratio
 
 logger = logging.getLogger("streamfit.eval")
 
@@ -85,7 +85,7 @@ class BenchmarkModel(nn.Module):
             self.normalise = rgb_normaliser(self.model)
             return
         self.fit_cfg = replace(run.fit, device=str(self.device))
-        self.backend = get_backend(self.fit_cfg.backend, str(self.device))
+        self.fitter = FitGraphs(self.fit_cfg, get_backend(self.fit_cfg.backend, str(self.device)))
         cache_dir = self.data.cache_dir if splat_cache is None else splat_cache
         self.cache = SplatCache(cache_dir, self.data.cache_max_bytes) if cache_dir else None
         self.settings = cache_settings(self.data, self.fit_cfg)
@@ -105,10 +105,11 @@ class BenchmarkModel(nn.Module):
                 lambda i: pixels[i],
                 self.cache,
                 self.settings,
-                self.fit_cfg,
-                self.backend,
+                self.fitter,
+                self.fitter.backend.device,
+                self.data.image_size,
             )
-        keep = [i for i, blob in enumerate(got.blobs) if blob is not None]
+        keep = got.kept
         self.images += len(pixels)
         self.cache_hits += got.hits
         self.fitted += len(got.fitted)
@@ -121,8 +122,7 @@ class BenchmarkModel(nn.Module):
             )
         out = torch.zeros(len(pixels), self.model.visual.output_dim, device=self.device)
         if keep:
-            size = self.data.image_size
-            splats = Splats.from_list([unpack_params(got.blobs[i]) for i in keep], size, size)
+            splats = got.splats
             self.splats += int(splats.mask.sum())
             features = self.model.encode_splats(splats.to(self.device))
             out = out.to(features.dtype)
