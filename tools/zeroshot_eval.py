@@ -40,7 +40,7 @@ from streamfit.eval.run_model import EXPECTED, NotARun, load_run
 from streamfit.eval.weights import CheckpointReadError, locate_weights
 from streamfit.fit import FitConfig, get_backend
 from streamfit.hardware import resolve_device
-from streamfit.models import load_teacher, rgb_normaliser
+from streamfit.models import load_teacher, zero_shot_encoder
 from streamfit.report import print_key_values, setup_logging, write_json
 
 
@@ -131,20 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cache_dir is not None:
         data_cfg = replace(data_cfg, cache_dir=args.cache_dir)
     setup = zero_shot_setup(eval_cfg)
+    fit_cfg = backend = None
     if gs_fit is not None:
-
-        def encode(batch):
-            return model.encode_splats(batch.splats, normalize=True)
-
         fit_cfg = replace(gs_fit, device=str(device))
         backend = get_backend(fit_cfg.backend, str(device))
-    else:
-        normalise = rgb_normaliser(model)
-
-        def encode(batch):
-            return model.encode_image(normalise(batch.rgb), normalize=True)
-
-        fit_cfg = backend = None
+    encode = zero_shot_encoder(model)
     result, extras = zero_shot(model, encode, setup, data_cfg, device, 0, 1, fit_cfg, backend)
     out = {**result.to_dict(), **extras, "model": "gs" if gs_fit else "rgb", "data": eval_cfg.data}
     classifier = "from the cache" if extras["classifier_from_cache"] else "built"

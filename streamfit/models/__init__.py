@@ -14,6 +14,7 @@ from streamfit.models.gs_clip import (
     part_of,
     text_tower,
 )
+from streamfit.models.interface import example_inputs, zero_shot_encoder
 from streamfit.models.resampler import PerceiverResampler, masked_mean
 from streamfit.models.stem import GSStem, num_splat_features, splat_features
 from streamfit.models.teacher import freeze_like_gs, load_teacher, rgb_normaliser
@@ -27,6 +28,7 @@ __all__ = [
     "PART_GROUP",
     "PerceiverResampler",
     "build_gs_clip",
+    "example_inputs",
     "freeze_like_gs",
     "input_bytes",
     "load_teacher",
@@ -35,5 +37,6 @@ __all__ = [
     "part_of",
     "rgb_normaliser",
     "splat_features",
+    "zero_shot_encoder",
     "text_tower",
 ]

@@ -22,7 +22,14 @@ from streamfit.config import ConfigError, load_config
 from streamfit.data import build_loader
 from streamfit.eval import ZeroShotSetup, zero_shot
 from streamfit.fit import get_backend
-from streamfit.models import build_gs_clip, freeze_like_gs, load_teacher, rgb_normaliser
+from streamfit.models import (
+    build_gs_clip,
+    example_inputs,
+    freeze_like_gs,
+    load_teacher,
+    rgb_normaliser,
+    zero_shot_encoder,
+)
 from streamfit.report import setup_logging, write_json
 from streamfit.train.config import AdaptConfig, RGBPretrainConfig
 from streamfit.train.distributed import all_sum
@@ -69,11 +76,7 @@ def adapt_gs(cfg: AdaptConfig, wall_start: float | None = None) -> dict:
     engine, precision = build_trainer_engine(model, groups, cfg.train, cfg.data, world, device)
     backend = None if pixels else get_backend(cfg.fit.backend, str(device))
     normalise = rgb_normaliser(engine.module) if pixels else None
-
-    def encode(b):
-        if pixels:
-            return engine.module.encode_image(normalise(b.rgb), normalize=True)
-        return engine.module.encode_splats(b.splats, normalize=True)
+    encode = zero_shot_encoder(engine.module)
 
     def evaluate(setup: ZeroShotSetup):
         fit_cfg = None if pixels else cfg.fit
@@ -90,18 +93,7 @@ def adapt_gs(cfg: AdaptConfig, wall_start: float | None = None) -> dict:
         rank,
         keep_best=False,  # the last weights are the run's result, unless val_data chooses
     )
-    tokens = torch.zeros(1, cfg.data.context_length, dtype=torch.long, device=device)
-    if pixels:
-        probe = (normalise(torch.zeros(1, 3, size, size, device=device)), tokens)
-    else:
-        n_probe = cfg.fit.gaussians
-        probe = (
-            torch.zeros(1, n_probe, 8, device=device),
-            torch.ones(1, n_probe, dtype=torch.bool, device=device),
-            tokens,
-            size,
-            size,
-        )
+    probe = example_inputs(engine.module, size, cfg.data.context_length, cfg.fit.gaussians)
     trainer = Trainer(cfg, run_dir, engine, loader, evaluator, probe, rank, world, device)
 
     def loss_of(batch: dict) -> torch.Tensor:

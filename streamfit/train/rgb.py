@@ -13,7 +13,7 @@ import torch
 
 from streamfit.data import build_loader
 from streamfit.eval import ZeroShotSetup, zero_shot
-from streamfit.models import load_teacher, rgb_normaliser
+from streamfit.models import example_inputs, load_teacher, rgb_normaliser, zero_shot_encoder
 from streamfit.report import write_json
 from streamfit.train.checkpoint import save_weights
 from streamfit.train.config import RGBPretrainConfig
@@ -41,10 +41,9 @@ def pretrain_rgb(cfg: RGBPretrainConfig) -> dict:
     engine, precision = build_trainer_engine(model, groups, cfg.train, data_cfg, world, device)
     normalise = rgb_normaliser(engine.module)
 
-    def evaluate(setup: ZeroShotSetup):
-        def encode(b):
-            return engine.module.encode_image(normalise(b.rgb), normalize=True)
+    encode = zero_shot_encoder(engine.module)
 
+    def evaluate(setup: ZeroShotSetup):
         return zero_shot(
             engine.module, encode, setup, data_cfg, device, rank, world, reduce=all_sum
         )
@@ -52,11 +51,7 @@ def pretrain_rgb(cfg: RGBPretrainConfig) -> dict:
     every = cfg.train.eval_every_steps
     evaluator = Evaluator(cfg.eval, evaluate, engine.module, run_dir, every, rank)
     best_path = evaluator.best_path
-    size = data_cfg.image_size
-    probe = (
-        normalise(torch.zeros(1, 3, size, size, device=device)),
-        torch.zeros(1, data_cfg.context_length, dtype=torch.long, device=device),
-    )
+    probe = example_inputs(engine.module, data_cfg.image_size, data_cfg.context_length)
     trainer = Trainer(cfg, run_dir, engine, loader, evaluator, probe, rank, world, device)
 
     def loss_of(batch: dict) -> torch.Tensor:
