@@ -28,44 +28,72 @@ class FitConfig:
     exact colours solved at the start and after the last iteration (skipped after the start
     when ``l1 > 0``: the solve would undo the penalty), warm-up, a hold at the full rate, then
     cosine decay. Learning rates are per parameter group (positions in pixels, the
-    log-Cholesky covariance, colours); the schedule multiplies all of them. Pruning removes splats whose colour
-    luminance falls below ``prune_luminance`` at the pruning steps between ``prune_start`` and
-    ``prune_end`` (fractions of ``iters``).
+    log-Cholesky covariance, colours); the schedule multiplies all of them. Pruning removes
+    splats whose colour luminance falls below ``prune_luminance`` at the pruning steps
+    between ``prune_start`` and ``prune_end`` (fractions of ``iters``).
     """
 
     gaussians: int = 400
-    iters: int = 16  # reaches the old method's 100-iteration quality (BENCHMARKS.md)
-    init: str = "adaptive"  # adaptive | structured | paper | random
-    init_detail: float = 0.9  # adaptive init: share of the splat density that follows detail
-    init_detail_power: float = 1.4  # adaptive init: density ~ gradient magnitude ** this
-    init_scale: float = 1.0  # adaptive init: sigma = init_scale * half the cell's sides
-    init_anisotropy: float = 0.5  # adaptive init: stretch along edges, 1 + this * coherence
-    init_normalize_color: bool = True  # structured init: undo the grid's overlap brightening
-    backend: str = "auto"  # auto | torch | cpu | cuda
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # tuned for 20-100 iterations at 224x224 x 400 splats on real photos (train shards)
+    """Splats per image."""
+    iters: int = 16
+    """Fitting iterations (the default reaches the old method's 100-iteration quality)."""
+    init: str = "adaptive"
+    """Initialisation: adaptive | structured | paper | random."""
+    init_detail: float = 0.9
+    """Adaptive init: the share of the splat density that follows the image's detail."""
+    init_detail_power: float = 1.4
+    """Adaptive init: the density goes as the gradient magnitude to this power."""
+    init_scale: float = 1.0
+    """Adaptive init: a splat's sigmas are this times half its cell's sides."""
+    init_anisotropy: float = 0.5
+    """Adaptive init: stretch along edges by ``1 + init_anisotropy * coherence``."""
+    init_normalize_color: bool = True
+    """Structured init: divide colours by the grid's overlap, undoing its brightening."""
+    backend: str = "auto"
+    """auto | torch | cpu | cuda (auto: cuda on a GPU, else cpu)."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
     lr_position: float = 2.0
+    """Learning rate of the centres, in pixels (the rates are tuned for 20-100 iterations at
+    224x224 and 400 splats on the train photos)."""
     lr_covariance: float = 0.15
+    """Learning rate of the log-Cholesky covariance."""
     lr_color: float = 0.02
-    colour_solve: str = "init+final"  # none | init | final | init+final: exact colours
-    colour_solve_every: int = 0  # also re-solve the colours every k iterations (0: never)
-    colour_ridge: float = 1e-3  # regularisation of the colour solve (relative)
-    # how the colour systems are solved: cholesky (exact), cg (conjugate gradients: no host
-    # sync, graph-capturable; mean PSNR of the default fit within 0.01 dB of cholesky on the
-    # train shards), auto (the backend's choice: cg on cuda, cholesky elsewhere)
+    """Learning rate of the colours."""
+    colour_solve: str = "init+final"
+    """When the exact colours are solved: none | init | final | init+final."""
+    colour_solve_every: int = 0
+    """Also re-solve the colours every k iterations (0: never)."""
+    colour_ridge: float = 1e-3
+    """Regularisation of the colour solve, relative to the Gram's mean diagonal."""
     colour_solver: str = "auto"
-    colour_cg_iters: int = 16  # conjugate-gradient iterations of one solve
-    lr_schedule: str = "cosine"  # cosine | constant
+    """How the colour systems are solved: cholesky (exact), cg (conjugate gradients: no host
+    sync, so a fit can be a CUDA graph), auto (the backend's: cg on cuda, cholesky
+    elsewhere; the two reach the same mean PSNR, BENCHMARKS.md)."""
+    colour_cg_iters: int = 16
+    """Conjugate-gradient steps of one solve."""
+    lr_schedule: str = "cosine"
+    """cosine | constant."""
     lr_final_fraction: float = 0.2
-    lr_hold: float = 0.7  # fraction of the iterations after warm-up at the full rate
+    """The cosine schedule ends at this fraction of the rates."""
+    lr_hold: float = 0.7
+    """Fraction of the iterations after warm-up at the full rate, before the decay."""
     warmup_iters: int = 3
+    """Iterations of linear warm-up."""
     betas: tuple[float, float] = (0.7, 0.95)
+    """Adam's betas."""
     l1: float = 0.0
-    prune_luminance: float = 0.0  # 0 disables pruning
+    """Weight of an L1 penalty on the colours (normalised per splat)."""
+    prune_luminance: float = 0.0
+    """Luminance below which a splat is pruned at a pruning step (0: no pruning)."""
     prune_start: float = 0.3
+    """First pruning step, as a fraction of ``iters``."""
     prune_end: float = 0.7
+    """Last pruning step, as a fraction of ``iters``."""
     prune_every: int = 20
+    """Iterations between pruning steps."""
     seed: int = 0
+    """Seed of the random initialisation (with the image's content)."""
 
     def __post_init__(self) -> None:
         if self.gaussians < 1:

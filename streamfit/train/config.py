@@ -27,12 +27,15 @@ class RunConfig:
     checkpoints/ and summary.json."""
 
     name: str = "run"
+    """The run's folder name under ``dir``."""
     dir: str = "runs"
+    """Where runs live."""
     seed: int = 0
-    resume: str = "auto"  # auto: the run's latest checkpoint if any | none | a checkpoint dir
-    record_samples: bool = (
-        False  # append "epoch<TAB>key" of every trained sample to samples_rank{r}.tsv
-    )
+    """Seed of the model's initialisation."""
+    resume: str = "auto"
+    """auto (the run's latest checkpoint, if any) | none | a checkpoint directory."""
+    record_samples: bool = False
+    """Append ``epoch<TAB>key`` of every trained sample to ``samples_rank{r}.tsv``."""
 
     @property
     def path(self) -> Path:
@@ -52,29 +55,48 @@ class TrainConfig:
     """
 
     epochs: int = 1
+    """Passes over the data."""
     lr: float = 1e-3
+    """Base (peak) learning rate."""
     weight_decay: float = 0.2
+    """AdamW's weight decay (matrices only)."""
     betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW's betas."""
     eps: float = 1e-6
+    """AdamW's epsilon."""
     warmup_steps: int = 0
+    """Optimiser steps of linear warm-up."""
     min_lr_ratio: float = 0.0
+    """The cosine decay ends at this fraction of each group's peak."""
     grad_accum: int = 1
-    grad_clip: float = 0.0  # 0: no clipping
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    """Micro-batches a step."""
+    grad_clip: float = 0.0
+    """Clip the gradients' total norm to this (0: no clipping)."""
+    precision: str = "auto"
+    """auto (bf16 on a GPU, fp32 on a CPU) | fp32 | bf16 | fp16."""
     zero_stage: int = 0
+    """DeepSpeed ZeRO stage: 0, 1 or 2."""
     samples_per_epoch: int = 0
+    """Samples an epoch over all ranks, sizing the schedule (0: count the local shards)."""
     stop_after_steps: int = 0
-    log_every: int = 10  # optimiser steps between log lines
-    eval_every_steps: int = 0  # 0: zero-shot evaluation at the end of every epoch
-    checkpoint_every_steps: int = 0  # 0: at the end of every epoch
+    """End this invocation after that many steps, with a checkpoint (0: run to the end)."""
+    log_every: int = 10
+    """Optimiser steps between log lines."""
+    eval_every_steps: int = 0
+    """Optimiser steps between zero-shot evaluations (0: at the end of every epoch)."""
+    checkpoint_every_steps: int = 0
+    """Optimiser steps between checkpoints (0: at the end of every epoch)."""
     keep_checkpoints: int = 2
-    save_checkpoints: bool = True  # False: none at all (throughput checks; cannot resume)
-    peak_tflops: float = 0.0  # per device, for MFU; 0: known GPUs by name, none on CPU
+    """Checkpoints kept (the oldest go first)."""
+    save_checkpoints: bool = True
+    """False: no checkpoints at all (throughput checks; such a run cannot resume)."""
+    peak_tflops: float = 0.0
+    """Peak TFLOP/s of one device, for the utilisation figure (0: known GPUs by name)."""
     progress: bool = True
-    # CPU only: flush denormal floats to zero. Random layers underflow into them, and a
-    # CPU handles them ~100x slower: a step of the demo's GS-CLIP on a random backbone took
-    # 260 ms, 218 ms flushed, 216 ms on the trained teacher (tools/plan_run.py's check)
+    """A progress bar on rank 0."""
     flush_denormal: bool = False
+    """CPU only: flush denormal floats to zero. Random layers underflow into them, and a CPU
+    handles them far slower (BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -105,13 +127,21 @@ class SyntheticConfig:
     and ``generate`` is on (the offline demo)."""
 
     generate: bool = False
+    """Write the dataset when ``data.shards`` matches nothing."""
     dir: str = "data/synthetic"
+    """Where it is written."""
     n_train: int = 2000
+    """Training samples."""
     n_heldout: int = 400
-    n_val: int = 0  # validation samples (val-*.tar), drawn apart from train and held-out
+    """Held-out samples (heldout-*.tar)."""
+    n_val: int = 0
+    """Validation samples (val-*.tar), drawn apart from the training and held-out ones."""
     image_size: int = 64
+    """Side of the square images."""
     shard_size: int = 500
+    """Samples a shard."""
     seed: int = 0
+    """Seed of the dataset."""
 
 
 @dataclass
