@@ -50,7 +50,8 @@ def test_two_ranks_with_unequal_batches_match_one_rank_with_the_whole_batch():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(port, sizes, out), nprocs=2, join=True)
+    # forked: the children share the parent's imports (spawned ones import torch again)
+    mp.start_processes(_worker, args=(port, sizes, out), nprocs=2, start_method="fork")
 
     image, text = _features(sum(sizes))
     image.requires_grad_()
