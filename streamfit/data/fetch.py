@@ -11,18 +11,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from streamfit import codec
 from streamfit.data.cache import SplatCache
-from streamfit.fit import FitBackend, FitConfig, fit
+from streamfit.fit import FitBackend, FitConfig, fit, get_backend
 
 
 @dataclass
 class Fetched:
     """What :func:`fetch_or_fit` found and made for one batch.
 
-    ``blobs[i]``: sample ``i``'s packed float16 splats, or None when it has none (a miss that
-    was not fitted, had no image, or whose fit failed). ``misses``: samples looked up and not
-    found; ``fitted``: the misses fitted now (those with an image); ``failed``: fits with a
-    non-finite result, neither returned nor cached.
+    ``blobs[i]``: sample ``i``'s splat blob (:mod:`streamfit.codec`), or None when it has none
+    (a miss that was not fitted, had no image, or whose fit failed). ``misses``: samples looked
+    up and not found; ``fitted``: the misses fitted now (those with an image); ``failed``: fits
+    with a non-finite result, or one the splat format cannot hold, neither returned nor cached.
     """
 
     blobs: list[bytes | None]
@@ -42,10 +43,13 @@ def fetch_or_fit(
     settings: str,
     fit_cfg: FitConfig | None,
     backend: FitBackend | None,
+    splat_format: str = codec.DEFAULT_FORMAT,
 ) -> Fetched:
     """Splats of each sample: ``known[i]`` when given (a splat shard's own, never looked up),
     else the cache's entry under ``(ids[i], settings)``, else a fit of ``image(i)`` (``[S, S,
-    3]`` uint8, or None when it cannot be had). ``fit_cfg=None`` fits nothing.
+    3]`` uint8, or None when it cannot be had). ``fit_cfg=None`` fits nothing. Fits are
+    encoded in ``splat_format`` (the format ``settings`` was made for), their colours re-solved
+    against the image for the quantised geometry.
 
     A cache that cannot be read or written costs fitting time, never the run
     (:meth:`SplatCache.lookup` and :meth:`SplatCache.store` turn its errors into misses).
@@ -63,12 +67,14 @@ def fetch_or_fit(
     out.fitted = [i for i in out.misses if images[i] is not None]
     if not out.fitted:
         return out
-    pixels = torch.from_numpy(np.stack([images[i] for i in out.fitted]))
-    result = fit(pixels.float().div_(255.0), fit_cfg, backend)
+    pixels = torch.from_numpy(np.stack([images[i] for i in out.fitted])).float().div_(255.0)
+    backend = backend or get_backend(fit_cfg.backend, fit_cfg.device)
+    result = fit(pixels, fit_cfg, backend)
+    encoded = codec.encode(splat_format, result.splats, pixels, backend, fit_cfg.colour_ridge)
     fresh: list[tuple[str, bytes]] = []
     for j, i in enumerate(out.fitted):
-        blob = result.splats.pack(j) if bool(result.ok[j]) else None
-        if blob is not None and np.isfinite(np.frombuffer(blob, dtype="<f2")).all():
+        blob = encoded[j] if bool(result.ok[j]) else None
+        if blob is not None:
             blobs[i] = blob
             fresh.append((ids[i], blob))
         else:

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torchdata.nodes import BaseNode
 
+from streamfit import codec
 from streamfit.data.cache import SplatCache
 from streamfit.data.decode import Decoded, Decoder, Skipped
 from streamfit.data.fetch import fetch_or_fit
 from streamfit.data.stats import LoaderStats
 from streamfit.fit import FitBackend, FitConfig
-from streamfit.splats import Splats, unpack_params
 
 logger = logging.getLogger("streamfit.data")
 
@@ -87,8 +87,8 @@ class FitNode(BaseNode[dict]):
     as one batch and written back; samples of splat shards pass through unfitted. An image
     whose fit fails numerically is skipped (``fit_failed``) and never cached. With
     ``fit_misses=False`` misses are skipped (``not_cached``) instead of fitted. Splats are
-    always the float16-rounded values the cache stores, so a cached epoch and a fitted one
-    give identical batches.
+    always the values the cache stores (fits are encoded in ``splat_format``, then decoded),
+    so a cached epoch and a fitted one give identical batches.
     """
 
     def __init__(
@@ -104,9 +104,10 @@ class FitNode(BaseNode[dict]):
         stats: LoaderStats,
         log_every: int = 1,
         fit_misses: bool = True,
+        splat_format: str = codec.DEFAULT_FORMAT,
     ) -> None:
         super().__init__()
-        self.fit_misses = fit_misses
+        self.fit_misses, self.splat_format = fit_misses, splat_format
         self.source, self.fit_cfg, self.backend, self.cache = source, fit_cfg, backend, cache
         self.settings, self.image_size, self.decoder = settings, image_size, decoder
         self.yield_rgb, self.stats, self.log_every = yield_rgb, stats, log_every
@@ -153,6 +154,7 @@ class FitNode(BaseNode[dict]):
             self.settings,
             self.fit_cfg if self.fit_misses else None,
             self.backend,
+            self.splat_format,
         )
         blobs, hits, fitted = got.blobs, got.hits, len(got.fitted)
         if not self.fit_misses:
@@ -189,15 +191,13 @@ class FitNode(BaseNode[dict]):
         if not keep:
             return None
         device = self.backend.device
-        splats = Splats.from_list(
-            [unpack_params(blobs[i]) for i in keep], self.image_size, self.image_size
-        )
+        splats = codec.decode_batch([blobs[i] for i in keep], device)
         batch = {
             "keys": [samples[i].key for i in keep],
             "shards": [samples[i].shard for i in keep],
             "captions": [samples[i].caption for i in keep],
             "json": [samples[i].meta for i in keep],
-            "splats": splats.to(device),
+            "splats": splats,
             "timing": {
                 "data_wait_s": waited,
                 "fit_s": fit_seconds,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamfit import codec
 from streamfit.data import DataConfig, SplatCache, cache_settings
 from streamfit.data.decode import Decoder, cache_id
 from streamfit.data.fetch import fetch_or_fit
@@ -32,7 +33,7 @@ from streamfit.data.shards import (
     parse_meta,
 )
 from streamfit.fit import FitBackend, FitConfig
-from streamfit.splats import Splats, unpack_params
+from streamfit.splats import Splats
 
 logger = logging.getLogger("streamfit.eval")
 
@@ -167,13 +168,17 @@ class LabelledLoader:
                 self.settings,
                 self.fit_cfg,
                 self.backend,
+                self.data_cfg.splat_format,
             )
             for i in got.failed:
                 logger.warning("eval: skipped %s: its fit gave non-finite splats", items[i][0])
             keep = [i for i, b in enumerate(got.blobs) if b is not None]
             size = self.data_cfg.image_size
-            splats = Splats.from_list([unpack_params(got.blobs[i]) for i in keep], size, size)
-            splats, hits, fitted = splats.to(self.device), got.hits, len(got.fitted)
+            if keep:
+                splats = codec.decode_batch([got.blobs[i] for i in keep], self.device)
+            else:
+                splats = Splats.from_list([], size, size).to(self.device)
+            hits, fitted = got.hits, len(got.fitted)
         rgb = torch.from_numpy(images[keep]).to(self.device).permute(0, 3, 1, 2).float().div_(255)
         return LabelledBatch(
             keys=[items[i][0] for i in keep],
