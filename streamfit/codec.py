@@ -51,12 +51,16 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import constriction
 import numpy as np
 import torch
 
 from streamfit.splats import PARAMS_PER_SPLAT, Splats, unpack_params
+
+if TYPE_CHECKING:
+    from streamfit.fit import FitBackend
 
 FORMATS: tuple[str, ...] = ("fp16", "q64", "compact")
 # formats the splat cache and splat shards may store: fixed rate, batch-decodable
@@ -118,11 +122,11 @@ class Quantised:
     """Splats quantised by one format.
 
     ``splats``: the values :func:`decode` of the blobs returns (on the input's device; for
-    ``compact`` each image's splats are in the canonical order). ``ok [B]`` bool (same device,
-    no host sync for ``fp16`` and ``q64``): False
-    for an image the format cannot hold (non-finite parameters, or values beyond its float16
-    ranges); its row of ``splats`` is empty and it has no blob. :meth:`to_bytes` makes the
-    blobs (host work: it can run off a training step's critical path).
+    ``compact`` each image's splats are in the canonical order). ``ok [B]`` bool, on the same
+    device (no host sync for ``fp16`` and ``q64``): False for an image the format cannot hold
+    (non-finite parameters, or values beyond its float16 ranges); its row of ``splats`` is
+    empty and it has no blob. :meth:`to_bytes` makes the blobs (host work, which can run off a
+    training step's critical path).
     """
 
     format: str
@@ -139,7 +143,7 @@ def quantise(
     fmt: str,
     splats: Splats,
     target: torch.Tensor | None = None,
-    backend: object | None = None,
+    backend: FitBackend | None = None,
     ridge: float = DEFAULT_RIDGE,
     max_bytes: int | None = None,
     level: int | None = None,
@@ -177,7 +181,7 @@ def encode(
     fmt: str,
     splats: Splats,
     target: torch.Tensor | None = None,
-    backend: object | None = None,
+    backend: FitBackend | None = None,
     ridge: float = DEFAULT_RIDGE,
     **compact_options: int | None,
 ) -> list[bytes | None]:
@@ -278,7 +282,7 @@ def _resolve_colours(
     params: torch.Tensor,
     mask: torch.Tensor,
     target: torch.Tensor | None,
-    backend: object | None,
+    backend: FitBackend | None,
     ridge: float,
 ) -> torch.Tensor:
     """``params`` with the colours re-solved for ``target`` (a copy; unchanged without one)."""
@@ -286,7 +290,7 @@ def _resolve_colours(
         return params
     from streamfit.fit.colour import exact_colours
 
-    device = backend.device  # type: ignore[attr-defined]
+    device = backend.device
     solved = params.to(device, torch.float32).contiguous().clone()
     exact_colours(backend, solved, mask.to(device), target.to(device, torch.float32), ridge)
     return solved.to(params.device)
@@ -301,7 +305,12 @@ class _FP16:
         return _HEADER.size + 16 * count + _CRC.size
 
     @staticmethod
-    def quantise(splats: Splats, target, backend, ridge) -> Quantised:
+    def quantise(
+        splats: Splats,
+        target: torch.Tensor | None,
+        backend: FitBackend | None,
+        ridge: float,
+    ) -> Quantised:
         del target, backend, ridge  # float16 keeps the fitted colours as they are
         rounded = splats.params.to(torch.float16)
         ok = _valid_rows(splats) & (torch.isfinite(rounded).all(-1) | ~splats.mask).all(1)
@@ -415,7 +424,12 @@ class _Q64:
         return _HEADER.size + _Q64.RANGE_BYTES + 8 * count + _CRC.size
 
     @staticmethod
-    def quantise(splats: Splats, target, backend, ridge) -> Quantised:
+    def quantise(
+        splats: Splats,
+        target: torch.Tensor | None,
+        backend: FitBackend | None,
+        ridge: float,
+    ) -> Quantised:
         params, mask = splats.params.float(), splats.mask
         shape = shape_quantities(params)
         ok = _valid_rows(splats) & _fits_f16(shape, mask)
@@ -600,7 +614,7 @@ class _Compact:
     def quantise(
         splats: Splats,
         target: torch.Tensor | None,
-        backend,
+        backend: FitBackend | None,
         ridge: float,
         max_bytes: int | None,
         level: int | None,
@@ -676,7 +690,7 @@ class _Compact:
         params: torch.Tensor,
         mask: torch.Tensor,
         target: torch.Tensor | None,
-        backend,
+        backend: FitBackend | None,
         ridge: float,
         level: int,
         height: int,

@@ -56,6 +56,35 @@ def test_decode_returns_exactly_what_quantise_promised(fmt: str) -> None:
         assert (meta.format, meta.count, meta.nbytes) == (fmt, int(splats.counts()[b]), len(blob))
 
 
+@pytest.mark.parametrize("fmt", codec.FORMATS)
+@pytest.mark.parametrize(("height", "width", "n"), [(24, 40, 30), (4096, 3000, 5), (7, 7, 1)])
+def test_any_image_size_and_splat_count_round_trips(fmt: str, height: int, width: int, n: int):
+    """q64 stores its ranges and compact its grid origin and width: nothing is fixed to
+    224^2 or 400 splats (5 splats on a 4096-pixel image make position deltas of > 16 bits)."""
+    g = torch.Generator().manual_seed(n)
+    params = torch.randn(1, n, 8, generator=g) * 0.3
+    params[..., 0] = torch.rand(1, n, generator=g) * width
+    params[..., 1] = torch.rand(1, n, generator=g) * height
+    params[..., 2:5] += torch.log(torch.tensor(max(height, width) / 8.0))
+    splats = Splats(params, torch.ones(1, n, dtype=torch.bool), height, width)
+    (blob,) = codec.encode(fmt, splats)
+    back = codec.decode(blob)
+    assert (back.height, back.width, back.params.shape[1]) == (height, width, n)
+    ours = codec.shape_quantities(splats.params[0])
+    theirs = codec.shape_quantities(back.params[0])
+    if fmt == "compact":  # another order (the canonical one): pair each with its nearest
+        gaps = (ours[:, None, :2] - theirs[None, :, :2]).abs().amax(-1)
+        theirs = theirs[gaps.argmin(1)]
+    if fmt == "q64":  # half a step of the stored range, plus the range's float16 rounding
+        span = ours[:, :2].amax(0) - ours[:, :2].amin(0)
+        bound = span / 2047 / 2 + 2**-10 * ours[:, :2].abs().amax(0)
+    elif fmt == "compact":  # half the position step of the level the blob was coded at
+        bound = codec.compact_steps(blob[9])["position"] / 2 + 1e-4
+    else:
+        bound = 2**-11 * ours[:, :2].abs().amax(0)
+    assert ((ours[:, :2] - theirs[:, :2]).abs() <= bound).all()
+
+
 def test_fp16_is_float16_exact_and_q64_is_8_bytes_a_splat() -> None:
     splats = random_splats()
     fp16 = codec.encode("fp16", splats)
