@@ -85,7 +85,15 @@ def test_codec_compare_end_to_end(tmp_path: Path) -> None:
     codecs = {"fp16", "q64", "compact", *available_image_codecs()}
     assert {r["codec"] for r in result["rows"]} == codecs
     for row in result["rows"]:
-        assert {"codec", "gaussians", "iters", "bytes_mean", "psnr_mean", "fit"} <= set(row)
+        assert {
+            "codec",
+            "gaussians",
+            "iters",
+            "bytes_mean",
+            "psnr_mean",
+            "fit",
+            "bytes_max",
+        } <= set(row)
         if row["codec"] == row["budget"]:  # a splat row: every image, and its bytes
             assert row["fit"] == 3 and row["bytes_mean"] > 0 and row["psnr_mean"] > 10
     splat = {(r["codec"], r["gaussians"]): r["bytes_mean"] for r in result["rows"]}

@@ -5,8 +5,9 @@ and AVIF (Pillow) at their best quality under each splat file's bytes.
 
 IMAGES (a folder, image files or ``.tar`` shards) are resized and centre-cropped to
 ``--size``² as the loader does. PSNR is the 8-bit PSNR a viewer sees: splat renders are
-clamped and rounded like a decoded JPEG. An image codec row averages over the images whose
-smallest file fits the budget (``fit`` says how many).
+clamped and rounded like a decoded JPEG. Each row has the mean and the worst image
+(``bytes_max``, ``psnr_min``); an image codec row covers the images whose smallest file fits
+the budget (``fit`` says how many).
 
     python tools/codec_compare.py ../shared/data/imagenet-sample/heldout-000000.tar --limit 48 \\
         --json runs/codec.json --plot runs/rd.png
@@ -203,17 +204,23 @@ def compare(args: argparse.Namespace, cfg: FitConfig) -> dict:
 
 def _means(sizes: np.ndarray, quality: np.ndarray) -> dict[str, float | None]:
     if not len(sizes):
-        return {"bytes_mean": None, "psnr_mean": None}
-    return {"bytes_mean": float(sizes.mean()), "psnr_mean": float(quality.mean())}
+        return dict.fromkeys(("bytes_mean", "psnr_mean", "bytes_max", "psnr_min"))
+    return {
+        "bytes_mean": float(sizes.mean()),
+        "psnr_mean": float(quality.mean()),
+        "bytes_max": int(sizes.max()),
+        "psnr_min": float(quality.min()),
+    }
 
 
 def print_report(result: dict) -> None:
-    header = ["codec", "budget", "gaussians", "iters", "bytes_mean", "psnr_mean", "fit"]
+    header = ["codec", "budget", "gaussians", "iters", "bytes_mean", "bytes_max", "psnr_mean"]
+    header += ["psnr_min", "fit"]
     rows = sorted(result["rows"], key=lambda r: (r["iters"], r["gaussians"], r["budget"]))
     print_table(
         header,
         [[r[k] for k in header] for r in rows],
-        ["", "", "d", "d", ".0f", ".2f", "d"],
+        ["", "", "d", "d", ".0f", "d", ".2f", ".2f", "d"],
     )
     low, high = result["bd_range_bytes"]
     print(f"\nBD-PSNR over JPEG, {low:.0f}..{high:.0f} bytes ({result['images']} images):")
