@@ -256,6 +256,13 @@ def check_size(height: int, width: int, count: int) -> None:
         raise ValueError(f"splat codecs take 0..{MAX_SPLATS} splats an image, got {count}")
 
 
+def stored_size(fmt: str, count: int) -> int:
+    """Bytes of a blob of ``count`` splats in a fixed-rate format (header and CRC included)."""
+    if fmt not in STORAGE_FORMATS:
+        raise ValueError(f"{fmt!r} has no fixed size; fixed-rate formats: {STORAGE_FORMATS}")
+    return _CODECS[fmt].fixed_size(count)
+
+
 def bytes_per_splat(fmt: str) -> float:
     """Payload bytes a splat of a fixed-rate format (the budget, for ``compact``)."""
     return {"fp16": 16.0, "q64": 8.0, "compact": float(COMPACT_BYTES_PER_SPLAT)}[fmt]
