@@ -12,24 +12,28 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 import torch
 
+from streamfit import codec
 from streamfit.data.cache import DB_NAME, SplatCache
-from streamfit.splats import pack_params, unpack_params
+from streamfit.splats import Splats
 
 
-def blob_for(i: int) -> bytes:
-    """Deterministic packed splats of entry ``i`` (1..50 splats)."""
-    params = np.random.default_rng(i).standard_normal((1 + i % 50, 8)).astype("<f2")
-    return params.tobytes()
+def blob_for(i: int, n: int | None = None) -> bytes:
+    """A deterministic q64 splat blob for entry ``i`` (1..50 splats, or ``n``)."""
+    n = 1 + i % 50 if n is None else n
+    params = torch.from_numpy(np.random.default_rng(i).standard_normal((n, 8)).astype("f4"))
+    return codec.encode("q64", Splats.from_list([params], 32, 32))[0]
 
 
 def test_round_trip_and_settings_isolation(tmp_path) -> None:
     cache = SplatCache(tmp_path, max_bytes=1 << 20)
     params = torch.randn(7, 8)
-    cache.put_many([("a", pack_params(params)), ("b", blob_for(2))], settings="s1")
+    blob = codec.encode("fp16", Splats.from_list([params], 32, 32))[0]
+    cache.put_many([("a", blob), ("b", blob_for(2))], settings="s1")
     got = cache.get_many(["a", "b", "c"], settings="s1")
-    torch.testing.assert_close(unpack_params(got[0]), params.half().float())
+    torch.testing.assert_close(codec.decode(got[0]).params[0], params.half().float())
     assert got[1] == blob_for(2) and got[2] is None
     assert cache.get_many(["a"], settings="s2") == [None]  # other settings never see s1 entries
     assert (cache.counters.hits, cache.counters.misses, cache.counters.writes) == (2, 2, 2)
@@ -37,18 +41,26 @@ def test_round_trip_and_settings_isolation(tmp_path) -> None:
     assert SplatCache(tmp_path, max_bytes=1 << 20).get_many(["b"], "s1") == [blob_for(2)]
 
 
+def test_a_blob_that_is_not_a_splat_blob_is_refused(tmp_path) -> None:
+    cache = SplatCache(tmp_path, max_bytes=1 << 20)
+    with pytest.raises(ValueError, match="a: not a splat blob"):
+        cache.put_many([("a", bytes(16 * 10))], "s")
+    assert len(cache) == 0
+
+
 def test_bounded_with_lru_eviction(tmp_path) -> None:
-    entry = bytes(16 * 10)  # 160 bytes
-    cache = SplatCache(tmp_path, max_bytes=160 * 10)
+    entry = blob_for(0, n=10)
+    size = len(entry)
+    cache = SplatCache(tmp_path, max_bytes=size * 10)
     cache.put_many([(f"k{i}", entry) for i in range(10)], "s")
-    assert cache.total_bytes() == 1600 and cache.counters.evictions == 0
+    assert cache.total_bytes() == size * 10 and cache.counters.evictions == 0
     cache.get_many(["k0"], "s")  # k0 becomes the most recently used
     cache.put_many([("new", entry)], "s")
-    assert cache.total_bytes() <= 1600
+    assert cache.total_bytes() <= size * 10
     kept = {k for k, _, _ in cache.entries()}
     assert "k0" in kept and "new" in kept and "k1" not in kept
     assert cache.counters.evictions == 11 - len(kept)
-    assert cache.total_bytes() == 160 * len(kept)
+    assert cache.total_bytes() == size * len(kept)
 
 
 def test_corrupt_row_is_never_returned(tmp_path) -> None:

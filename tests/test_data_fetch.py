@@ -1,6 +1,6 @@
 """The training loader and the labelled evaluation loader share one fit-or-fetch path: both
-leave out (and count) a fit whose float16 splats are not finite, never cache it, and carry on
-fitting when the cache's SQLite store fails."""
+leave out (and count) a fit whose splats the storage format cannot hold (non-finite, or beyond
+float16), never cache it, and carry on fitting when the cache's SQLite store fails."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def data_cfg(shards: str, cache_dir: Path) -> DataConfig:
 
 @pytest.fixture()
 def overflowing_first_fit(monkeypatch) -> None:
-    """The first image of every fitted batch gets a value float16 cannot hold (inf once
-    packed): the fit reports success, only the finiteness check can catch it."""
+    """The first image of every fitted batch gets a value float16 cannot hold (q64 stores its
+    ranges as float16): the fit reports success, only the codec can catch it."""
     real_fit = FitGraphs.__call__
 
     def fit(self, images):

@@ -19,14 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from streamfit import codec
 from streamfit.config import ConfigError, load_config
 from streamfit.data import DataConfig, EmptyEpoch, SplatCache, build_loader
 from streamfit.data import cache as cache_module
 from streamfit.data.decode import decode_image
 from streamfit.data.shards import ShardReader, count_shard, expand_shards
 from streamfit.fit import FitConfig
+from streamfit.splats import Splats
 from streamfit.train.run import count_samples
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
@@ -330,7 +333,8 @@ def test_stale_read_only_shm_is_removed(tmp_path: Path, monkeypatch, caplog) -> 
     with caplog.at_level(logging.WARNING, logger="streamfit.data"):
         fresh = SplatCache(tmp_path, 10_000)
     assert fresh.enabled and not fresh.read_only and "stale read-only" in caplog.text
-    assert fresh.store([("k", bytes(16))], "s") == 0 and fresh.lookup(["k"], "s") == [bytes(16)]
+    blob = codec.encode("fp16", Splats.from_list([torch.zeros(1, 8)], 8, 8))[0]
+    assert fresh.store([("k", blob)], "s") == 0 and fresh.lookup(["k"], "s") == [blob]
 
 
 # ---------------------------------------------------------------------- decoding

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from streamfit.data import DataConfig, build_loader
+from streamfit import codec
+from streamfit.data import DataConfig, SplatCache, build_loader
 from streamfit.data.shards import ShardReader, expand_shards
+from streamfit.data.writer import ShardWriter
 from streamfit.fit import FitConfig
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
@@ -315,3 +317,31 @@ def test_benchmark_then_export_then_read_splat_shards(synthetic: Path, tmp_path:
     assert (stats.precomputed, stats.cache_misses, stats.samples) == (24, 0, 24)
     assert read.keys() == cached.keys()
     assert all((read[k] == cached[k]).all() for k in read)
+
+    # the shards hold the cache's own q64 blobs, byte for byte
+    stored = {blob for _, _, blob in SplatCache(cache, 1 << 30).entries()}
+    members = dict(_members(Path(exported["shards"].split("{")[0] + "000000.tar")))
+    splat_blobs = [m for name, m in members.items() if name.endswith(".splats")]
+    assert splat_blobs and set(splat_blobs) <= stored
+    assert {codec.info(b).format for b in splat_blobs} == {"q64"}
+    metas = [json.loads(m) for name, m in members.items() if name.endswith(".json")]
+    assert {m["splats"]["format"] for m in metas} == {"q64"}
+
+    # a truncated and a foreign blob cost their own samples only, counted as bad_splats
+    first = sorted(name for name in members if name.endswith(".splats"))[:2]
+    members[first[0]] = members[first[0]][:-3]
+    members[first[1]] = b"\xff\xd8\xff\xe0" + bytes(40)
+    damaged = tmp_path / "damaged"
+    with ShardWriter(damaged, prefix="d", shard_size=100) as writer:
+        for key in sorted({name.rsplit(".", 1)[0] for name in members}):
+            writer.write(key, {e: members[f"{key}.{e}"] for e in ("splats", "txt", "json")})
+    loader = build_loader(
+        DataConfig(shards=str(writer.paths[0]), image_size=8, batch_size=8, log_every=0), fit_cfg
+    )
+    assert sum(len(b["keys"]) for b in loader) == 8
+    assert loader.epoch_stats(0).skipped == {"bad_splats": 2}
+
+
+def _members(path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]

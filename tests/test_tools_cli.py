@@ -20,6 +20,7 @@ CASES = {
     "ablate_fit": (["x.jpg"], "lr_color=0.05", lambda c: c.lr_color, 0.05),
     "benchmark_fit": (["--device", "cpu"], "lr_color=0.05", lambda c: c.lr_color, 0.05),
     "benchmark_loader": ([], "fit.iters=7", lambda c: c.fit.iters, 7),
+    "codec_compare": (["x.jpg"], "lr_color=0.05", lambda c: c.lr_color, 0.05),
     "cpu_time_split": ([], "repeats=3", lambda c: c.repeats, 3),
     "export_splats": (["--out", "o"], "fit.iters=7", lambda c: c.fit.iters, 7),
     "fit_images": (["x.jpg"], "iters=7", lambda c: c.iters, 7),

@@ -5,12 +5,14 @@ without fitting.
 
 Walks the source shards in order, takes each sample's splats from the splat cache (fitting
 the ones it lacks with ``--fit-missing``, else skipping them as ``not_cached``) and writes
-them with the caption and metadata. ``.splats`` holds the packed float16 splats (16 bytes a
-splat, :func:`streamfit.splats.pack_params`); the ``.json`` gains
-``"splats": {"height", "width", "count", "fit_settings", "cache_settings"}``.
+them with the caption and metadata. ``.splats`` holds the splat blob in ``data.splat_format``
+(:mod:`streamfit.codec`: ``q64`` by default, 8 bytes a splat; ``fp16`` 16), the very bytes the
+cache holds; the ``.json`` gains
+``"splats": {"height", "width", "count", "format", "fit_settings", "cache_settings"}``.
 
     python tools/export_splats.py --shards 'shards/{000000..000127}.tar' --cache runs/cache \\
         --image-size 224 --gaussians 400 --iters 16 --out splat_shards/ --json export.json
+    python tools/export_splats.py ... data.splat_format=fp16     # 16 bytes a splat
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from streamfit import codec
 from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.config import to_yaml
 from streamfit.data import DataConfig, EmptyEpoch, build_loader, cache_settings
@@ -79,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Expor
 def export(args: argparse.Namespace, cfg: ExportConfig) -> dict:
     loader = build_loader(cfg.data, cfg.fit, fit_misses=args.fit_missing)
     settings = {
+        "format": cfg.data.splat_format,
         "fit_settings": cfg.fit.settings_hash(),
         "cache_settings": cache_settings(cfg.data, cfg.fit),
     }
@@ -87,6 +91,8 @@ def export(args: argparse.Namespace, cfg: ExportConfig) -> dict:
         for batch in tqdm(loader, desc="export", unit="batch"):
             splats = batch["splats"]
             counts = splats.counts().tolist()
+            # the batch holds decoded blobs: encoding them again gives the same bytes
+            blobs = codec.encode(cfg.data.splat_format, splats)
             for b, key in enumerate(batch["keys"]):
                 meta = {
                     **batch["json"][b],
@@ -95,7 +101,7 @@ def export(args: argparse.Namespace, cfg: ExportConfig) -> dict:
                 writer.write(
                     key,
                     {
-                        "splats": splats.pack(b),
+                        "splats": blobs[b],
                         "txt": batch["captions"][b].encode(),
                         "json": json.dumps(meta).encode(),
                     },

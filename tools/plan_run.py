@@ -47,9 +47,9 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from streamfit import codec
 from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.report import print_key_values, print_table, write_json
-from streamfit.splats import BYTES_PER_SPLAT
 
 GIB = 1024**3
 # Splat-cache bytes per entry on disk = a x splat bytes + b (SQLite pages, key, settings,
@@ -116,6 +116,7 @@ class Recipe:
     eval_samples: int = 50_000  # per evaluation, one a epoch
     schedule: str = "node"  # node | global
     checkpoint_seconds: float = 0.0  # one checkpoint a epoch (not modelled: 0)
+    splat_format: str = codec.DEFAULT_FORMAT  # how the cache and splat shards store splats
 
 
 PRESETS: dict[str, tuple[Cluster, Dataset, Recipe, str]] = {
@@ -211,7 +212,7 @@ def plan(cluster: Cluster, rates: Rates, data: Dataset, recipe: Recipe) -> dict:
         raise ValueError(f"{data.shards} shards cannot give each of {cluster.nodes} nodes a share")
     gpus = cluster.nodes * cluster.gpus_per_node
     cores = cluster.nodes * cluster.cpus_per_node
-    splat_bytes = recipe.gaussians * BYTES_PER_SPLAT
+    splat_bytes = codec.stored_size(recipe.splat_format, recipe.gaussians)
     entry = CACHE_SCALE * splat_bytes + CACHE_ENTRY_BYTES
     share = data.samples / cluster.nodes  # samples a node reads per epoch
     held = min(1.0, cluster.cache_max_bytes / (share * entry))
@@ -578,12 +579,15 @@ class PlanConfig:
     image_size: int | None = None
     eval_samples: int | None = None
     schedule: str | None = None  # node | global
+    splat_format: str | None = None  # q64 | fp16
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}")
         if self.schedule not in (None, "node", "global"):
             raise ValueError(f"schedule must be node or global, got {self.schedule!r}")
+        if self.splat_format not in (None, *codec.STORAGE_FORMATS):
+            raise ValueError(f"splat_format must be one of {codec.STORAGE_FORMATS}")
         for name, value in asdict(self).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -615,6 +619,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, PlanC
     g.add_argument("--image-size", type=int)
     g.add_argument("--eval-samples", type=int)
     g.add_argument("--schedule", choices=("node", "global"))
+    g.add_argument("--splat-format", choices=codec.STORAGE_FORMATS, help="default q64")
     p.add_argument(
         "--check-demo",
         action="store_true",
@@ -641,7 +646,8 @@ def resolve(cfg: PlanConfig, live: dict | None) -> tuple[Cluster, Rates, Dataset
     )
     data = given(data, ("samples", "shards", "bytes_per_sample"))
     recipe = given(
-        recipe, ("epochs", "gaussians", "iters", "image_size", "eval_samples", "schedule")
+        recipe,
+        ("epochs", "gaussians", "iters", "image_size", "eval_samples", "schedule", "splat_format"),
     )
     if live is not None and cfg.preset == "demo":
         rates = live["rates"]

@@ -1,4 +1,5 @@
-"""The persistent splat cache: packed float16 splats keyed by (sample id, settings hash).
+"""The persistent splat cache: splat blobs (:mod:`streamfit.codec`) keyed by (sample id,
+settings hash); the settings include the blobs' format.
 
 Why SQLite (WAL mode) rather than a file format of our own or LMDB:
 
@@ -11,8 +12,9 @@ Why SQLite (WAL mode) rather than a file format of our own or LMDB:
   size bound with least-recently-used eviction is a pair of SQL statements; LMDB would need a
   fixed map size and its own eviction bookkeeping.
 
-Each row also stores a CRC32 of its blob, checked on every read: a row that does not verify
-is deleted and treated as a miss, never returned. The cache must live on a local file
+Each row also stores a CRC32 of its blob, checked on every read together with the blob's own
+header (:func:`streamfit.codec.info`): a row that does not verify is deleted and treated as a
+miss, never returned. The cache must live on a local file
 system (SQLite locking is unreliable over NFS).
 
 The cache is an optimisation, so damage to it costs fitting time, never the run: a file that
@@ -37,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamfit.splats import BYTES_PER_SPLAT
+from streamfit import codec
 
 logger = logging.getLogger("streamfit.data")
 
@@ -85,8 +87,7 @@ class CacheCounters:
 
 
 class SplatCache:
-    """Packed splats (``16 * n`` bytes of little-endian float16, see
-    :func:`streamfit.splats.pack_params`) stored under ``directory/splats.sqlite``.
+    """Splat blobs (:func:`streamfit.codec.encode`) stored under ``directory/splats.sqlite``.
 
     ``max_bytes`` bounds the stored splat bytes (the database file is a little larger and
     reuses freed pages rather than shrinking). Safe to use from several threads and
@@ -319,7 +320,7 @@ class SplatCache:
 
     # ------------------------------------------------------------------ lookups
     def get_many(self, keys: Sequence[str], settings: str) -> list[bytes | None]:
-        """Packed splats of each key under ``settings`` (None where absent); refreshes the
+        """The splat blob of each key under ``settings`` (None where absent); refreshes the
         hits' recency for eviction and counts hits and misses."""
         conn = self._conn()
         found: dict[str, tuple[int, bytes]] = {}
@@ -355,12 +356,15 @@ class SplatCache:
         return out
 
     def put_many(self, items: Sequence[tuple[str, bytes]], settings: str) -> int:
-        """Store ``(key, packed splats)`` pairs in one transaction (an existing entry is kept:
+        """Store ``(key, splat blob)`` pairs in one transaction (an existing entry is kept:
         another rank fitted the same sample with the same settings), then evict down to the
-        bound if it is exceeded. Returns the number of entries evicted."""
+        bound if it is exceeded. Returns the number of entries evicted. A blob that is not a
+        splat blob is a ``ValueError`` (nothing is stored)."""
         for key, blob in items:
-            if len(blob) % BYTES_PER_SPLAT:
-                raise ValueError(f"{key}: {len(blob)} bytes is not a whole number of splats")
+            try:
+                codec.info(blob)
+            except codec.CodecError as err:
+                raise ValueError(f"{key}: not a splat blob ({err})") from None
         conn = self._conn()
         now = time.time_ns()
         with _write(conn):
@@ -402,7 +406,7 @@ class SplatCache:
         return self._conn().execute("SELECT COUNT(*) FROM splats").fetchone()[0]
 
     def entries(self, settings: str | None = None) -> Iterator[tuple[str, str, bytes]]:
-        """``(key, settings, packed splats)`` of every entry that verifies (optionally of one
+        """``(key, settings, splat blob)`` of every entry that verifies (optionally of one
         settings hash), in insertion order."""
         query = "SELECT key, settings, params, crc FROM splats"
         args: tuple[str, ...] = ()
@@ -491,7 +495,13 @@ def _file_problem(path: Path) -> str:
 
 
 def _valid(blob: bytes, crc: int) -> bool:
-    return len(blob) % BYTES_PER_SPLAT == 0 and zlib.crc32(blob) == crc
+    if zlib.crc32(blob) != crc:
+        return False
+    try:
+        codec.info(blob)
+    except codec.CodecError:
+        return False
+    return True
 
 
 class _write:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streamfit.codec import DEFAULT_FORMAT, STORAGE_FORMATS
 from streamfit.data.schedule import SCHEDULES
 from streamfit.data.shards import check_pattern
 
@@ -38,6 +39,10 @@ class DataConfig:
     number their samples from ``000000000``), ``key`` by the shard's sample key (only for keys
     unique over every shard the cache ever sees).
     ``cache_max_bytes``: bound on stored splat bytes; least recently used entries go first.
+    ``splat_format``: how the cache stores splats (:mod:`streamfit.codec`): ``q64`` (8 bytes a
+    splat, colours re-solved for the quantised geometry) or ``fp16`` (16 bytes a splat). Part
+    of the cache's settings, and the format of splat shards written from this config. Batches
+    always carry the splats as stored, so a cached epoch and a fitted one are identical.
     An empty ``cache_dir`` disables the cache (every sample is fitted every epoch).
     """
 
@@ -59,6 +64,7 @@ class DataConfig:
     cache_dir: str = ""
     cache_max_bytes: int = 8 * 1024**3
     cache_key: str = "content"  # content | key
+    splat_format: str = DEFAULT_FORMAT  # q64 | fp16
     yield_rgb: bool = False
     tokenizer: str = "ViT-M-16"  # any open_clip model name accepted by get_tokenizer
     context_length: int = 77
@@ -97,6 +103,10 @@ class DataConfig:
             raise ValueError(f"data.fit_stream must be own or default, got {self.fit_stream!r}")
         if self.cache_key not in CACHE_KEYS:
             raise ValueError(f"data.cache_key must be one of {CACHE_KEYS}, got {self.cache_key!r}")
+        if self.splat_format not in STORAGE_FORMATS:
+            raise ValueError(
+                f"data.splat_format must be one of {STORAGE_FORMATS}, got {self.splat_format!r}"
+            )
         if self.cache_max_bytes < 1:
             raise ValueError(f"data.cache_max_bytes must be >= 1, got {self.cache_max_bytes}")
         if self.prefetch < 0:

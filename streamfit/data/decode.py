@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from streamfit import codec
 from streamfit.data.cache import CacheProbe
 from streamfit.data.shards import (
     CAPTION_EXT,
@@ -27,7 +28,6 @@ from streamfit.data.shards import (
     parse_caption,
     parse_meta,
 )
-from streamfit.splats import BYTES_PER_SPLAT
 
 # Part of the cache's settings hash: bump when decoding changes the pixels handed to the fitter.
 DECODE_VERSION = 2
@@ -37,8 +37,8 @@ DECODE_VERSION = 2
 class Decoded:
     """A usable sample. ``image``: ``[S, S, 3]`` uint8, or None for a splat-shard sample and
     for a sample the cache already holds (then ``encoded`` keeps the image bytes, should the
-    entry be evicted before the fit node reads it); ``splats``: packed float16 splats of a
-    splat shard (else None); ``cache_id``: the sample's id in the splat cache (a hex digest
+    entry be evicted before the fit node reads it); ``splats``: the splat blob of a splat shard
+    (:mod:`streamfit.codec`, checked to decode; else None); ``cache_id``: the sample's id in the splat cache (a hex digest
     of the encoded image or splat bytes, or the sample key)."""
 
     key: str
@@ -88,7 +88,7 @@ class Decoder:
 
         splats = raw.members.get(SPLATS_EXT)
         if splats is not None:
-            problem = self._check_splats(splats, meta)
+            problem = self._check_splats(splats)
             if problem:
                 return Skipped(raw.key, raw.shard, "bad_splats", problem)
         image_ext = next((e for e in IMAGE_EXTS if e in raw.members), None)
@@ -114,15 +114,19 @@ class Decoder:
         """Encoded image -> ``[S, S, 3]`` uint8: shorter side resized to ``S``, centre crop."""
         return decode_image(encoded, self.image_size, self.max_pixels)
 
-    def _check_splats(self, blob: bytes, meta: dict[str, Any]) -> str:
-        if not blob or len(blob) % BYTES_PER_SPLAT:
-            return f"{len(blob)} bytes is not a positive multiple of {BYTES_PER_SPLAT}"
-        info = meta.get("splats", {})
-        size = (info.get("height"), info.get("width"))
-        if size != (self.image_size, self.image_size):
-            return f"splats are for a {size[0]}x{size[1]} image, the loader makes {self.image_size}"
-        if not np.isfinite(np.frombuffer(blob, dtype="<f2")).all():
-            return "non-finite splat parameters"
+    def _check_splats(self, blob: bytes) -> str:
+        """Why a splat shard's blob cannot be used ('' when it can): it must decode (so the fit
+        node never meets one that does not) and be for the loader's image size (its header
+        says which)."""
+        try:
+            splats = codec.decode(blob)
+        except codec.CodecError as err:
+            return str(err)
+        if (splats.height, splats.width) != (self.image_size, self.image_size):
+            return (
+                f"splats are for a {splats.height}x{splats.width} image, "
+                f"the loader makes {self.image_size}"
+            )
         return ""
 
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from streamfit import codec
 from streamfit.data.cache import SplatCache
-from streamfit.fit import DeviceFit
-from streamfit.splats import PARAMS_PER_SPLAT, Splats, unpack_params
+from streamfit.fit import FitGraphs
+from streamfit.splats import PARAMS_PER_SPLAT, Splats
 
 
 @dataclass
@@ -30,10 +31,11 @@ class Fetched:
     """What :func:`fetch_or_fit` found and made for one batch.
 
     ``splats``: the splats of the samples in ``kept`` (ascending batch positions), on the
-    device, valid splats first in each row: the float16-rounded values the cache stores, so
-    a cached epoch and a fitted one give identical batches. ``misses``: samples looked up and
-    not found; ``fitted``: the misses fitted now (those with an image); ``failed``: fits with a
-    non-finite result, neither returned nor cached.
+    device, valid splats first in each row: the values the cache's blobs decode to
+    (:mod:`streamfit.codec`), so a cached epoch and a fitted one give identical batches.
+    ``misses``: samples looked up and not found; ``fitted``: the misses fitted now (those
+    with an image); ``failed``: fits with a non-finite result, or one the splat format cannot
+    hold, neither returned nor cached.
     """
 
     splats: Splats
@@ -52,16 +54,18 @@ def fetch_or_fit(
     image: Callable[[int], np.ndarray | None],
     cache: SplatCache | None,
     settings: str,
-    fitter: Callable[[torch.Tensor], DeviceFit] | None,
+    fitter: FitGraphs | None,
     device: torch.device | str,
     image_size: int,
+    splat_format: str = codec.DEFAULT_FORMAT,
     writer: SplatCache | CacheWriter | None = None,
 ) -> Fetched:
     """Splats of each sample: ``known[i]`` when given (a splat shard's own, never looked up),
     else the cache's entry under ``(ids[i], settings)``, else a fit of ``image(i)`` (``[S, S,
-    3]`` uint8, or None when it cannot be had) by ``fitter`` (images ``[M, S, S, 3]`` float
-    0..1 on ``device`` -> :class:`DeviceFit`; None fits nothing). Fresh fits are stored
-    through ``writer`` (default: ``cache`` itself).
+    3]`` uint8, or None when it cannot be had) by ``fitter`` (None fits nothing) on
+    ``device``. Fits are quantised to ``splat_format`` (the format ``settings`` was made for;
+    colours re-solved against the image for the quantised geometry) and stored through
+    ``writer`` (default: ``cache`` itself).
 
     A cache that cannot be read or written costs fitting time, never the run
     (:meth:`SplatCache.lookup` and :meth:`SplatCache.store` turn its errors into misses).
@@ -78,28 +82,33 @@ def fetch_or_fit(
     rows: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # (positions, params, mask)
     stored = [i for i, b in enumerate(blobs) if b is not None]
     if stored:
-        cached = Splats.from_list([unpack_params(blobs[i]) for i in stored], 0, 0)
-        rows.append((stored, _upload(cached.params, device), _upload(cached.mask, device)))
+        cached = codec.decode_batch([blobs[i] for i in stored], device)
+        rows.append((stored, cached.params, cached.mask))
     images = {i: image(i) for i in out.misses} if fitter is not None else {}
     out.fitted = [i for i in out.misses if images.get(i) is not None]
     if out.fitted:
         pixels = _upload(torch.from_numpy(np.stack([images[i] for i in out.fitted])), device)
-        done = fitter(pixels.float().div_(255.0))
-        half = done.params.to(torch.float16)  # what the cache keeps
-        good = done.ok & torch.isfinite(half).flatten(1).all(1)
-        # the one read-back of the batch: which fits failed, and the cache's copy
-        host_half, host_mask, host_good, host_psnr = _download(half, done.mask, good, done.psnr)
+        pixels = pixels.float().div_(255.0)
+        done = fitter(pixels)
+        fitted = Splats(done.params, done.mask, image_size, image_size)
+        ridge = fitter.cfg.colour_ridge
+        quantised = codec.quantise(splat_format, fitted, pixels, fitter.backend, ridge)
+        good = done.ok & quantised.ok
+        # the batch's read-back: which fits failed, and the cache's copy of the rest
+        host_good, host_psnr = _download(good, done.psnr)
+        encoded = quantised.to_bytes()
         fresh: list[tuple[str, bytes]] = []
         kept = []
         for j, i in enumerate(out.fitted):
-            if host_good[j]:
+            if host_good[j] and encoded[j] is not None:
                 kept.append(j)
-                fresh.append((ids[i], host_half[j][host_mask[j]].numpy().tobytes()))
+                fresh.append((ids[i], encoded[j]))
             else:
                 out.failed.append(i)
         if kept:
             index = _upload(torch.tensor(kept), device)
-            params, mask = _valid_first(half.index_select(0, index).float(), done.mask[index])
+            values = quantised.splats
+            params, mask = _valid_first(values.params[index], values.mask[index])
             rows.append(([out.fitted[j] for j in kept], params, mask))
             out.psnr = float(host_psnr[kept].mean())
         if fresh and (writer or cache) is not None:

@@ -21,8 +21,9 @@ of an epoch or when fits fail; ``S`` = ``image_size``):
 ``json``        ``list[dict]``: the ``.json`` metadata (``{}`` when absent)
 ``splats``      :class:`streamfit.splats.Splats`: ``params [B, N, 8]`` float32 and
                 ``mask [B, N]`` bool on the fitting device (fits never leave it), pixel
-                units of an ``S x S`` image, valid splats first; values are float16-rounded
-                (as stored in the cache). Absent with ``data.fit: none``
+                units of an ``S x S`` image, valid splats first; values are those
+                ``data.splat_format`` stores (the cache's and a fresh fit's alike). Absent
+                with ``data.fit: none``
 ``tokens``      ``[B, context_length]`` int64 on the CPU (open_clip tokenizer)
 ``rgb``         only with ``yield_rgb`` or ``data.fit: none``: ``[B, 3, S, S]`` float32 in
                 0..1 on the fitting device, *not* mean/std normalised (the model side
@@ -76,9 +77,13 @@ logger = logging.getLogger("streamfit.data")
 
 
 def cache_settings(data_cfg: DataConfig, fit_cfg: FitConfig) -> str:
-    """The settings part of a cache key: every fitting setting that changes the splats, plus
-    the image size and the decoder version that define the pixels being fitted."""
-    blob = f"{fit_cfg.settings_hash()}/size={data_cfg.image_size}/decode={DECODE_VERSION}"
+    """The settings part of a cache key: every fitting setting that changes the splats, the
+    image size and the decoder version that define the pixels being fitted, and the splat
+    format the entries are stored in."""
+    blob = (
+        f"{fit_cfg.settings_hash()}/size={data_cfg.image_size}/decode={DECODE_VERSION}"
+        f"/format={data_cfg.splat_format}"
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -255,6 +260,7 @@ def build_loader(
                 stats,
                 data_cfg.log_every,
                 fit_misses,
+                data_cfg.splat_format,
             )
 
     decoded = ParallelMapper(

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from torchdata.nodes import BaseNode
 
+from streamfit import codec
 from streamfit.data.cache import SplatCache
 from streamfit.data.decode import Decoded, Decoder, Skipped
 from streamfit.data.fetch import CacheWriter, fetch_or_fit
 from streamfit.data.stats import LoaderStats
-from streamfit.fit import DeviceFit
+from streamfit.fit import FitGraphs
 
 logger = logging.getLogger("streamfit.data")
 
@@ -164,14 +165,14 @@ class FitNode(BaseNode[dict]):
     as one batch and written back; samples of splat shards pass through unfitted. An image
     whose fit fails numerically is skipped (``fit_failed``) and never cached. With
     ``fit_misses=False`` misses are skipped (``not_cached``) instead of fitted. Splats are
-    always the float16-rounded values the cache stores, so a cached epoch and a fitted one
-    give identical batches.
+    always the values the cache stores (fits are quantised to ``splat_format`` on the device),
+    so a cached epoch and a fitted one give identical batches.
     """
 
     def __init__(
         self,
         source: BaseNode[list[Decoded]],
-        fitter: Callable[[torch.Tensor], DeviceFit],
+        fitter: FitGraphs,
         stage: DeviceStage,
         cache: SplatCache | None,
         settings: str,
@@ -181,9 +182,10 @@ class FitNode(BaseNode[dict]):
         stats: LoaderStats,
         log_every: int = 1,
         fit_misses: bool = True,
+        splat_format: str = codec.DEFAULT_FORMAT,
     ) -> None:
         super().__init__()
-        self.fit_misses = fit_misses
+        self.fit_misses, self.splat_format = fit_misses, splat_format
         self.source, self.fitter, self.stage, self.cache = source, fitter, stage, cache
         self.settings, self.image_size, self.decoder = settings, image_size, decoder
         self.yield_rgb, self.stats, self.log_every = yield_rgb, stats, log_every
@@ -240,6 +242,7 @@ class FitNode(BaseNode[dict]):
                 self.fitter if self.fit_misses else None,
                 self.stage.device,
                 self.image_size,
+                self.splat_format,
                 self.writer,
             )
             keep = got.kept

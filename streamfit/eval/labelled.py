@@ -180,6 +180,7 @@ class LabelledLoader:
                 self.fitter,
                 self.fitter.backend.device,
                 self.data_cfg.image_size,
+                self.data_cfg.splat_format,
             )
             for i in got.failed:
                 logger.warning("eval: skipped %s: its fit gave non-finite splats", items[i][0])
