@@ -23,6 +23,8 @@ from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.models import load_teacher
 
 REPO = Path(__file__).resolve().parents[1]
+# a process group made in this pytest process (other tests) must not leak its rank or port
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 MODEL, TAG = "ViT-B-16", "datacomp_xl_s13b_b90k"
 MODEL_KWARGS = {
     "embed_dim": 32,
@@ -55,7 +57,7 @@ def offline(tmp_path_factory):
     data = write_synthetic_dataset(root / "data", 16, 16, image_size=16, shard_size=16)
     dead = "http://127.0.0.1:9"  # the discard port: every connection is refused
     env = {
-        **{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+        **{k: v for k, v in os.environ.items() if k not in DIST_VARS},
         "HF_HOME": str(root / "hf"),
         "HF_HUB_OFFLINE": "1",
         "HTTP_PROXY": dead,

@@ -50,8 +50,7 @@ def test_two_ranks_with_unequal_batches_match_one_rank_with_the_whole_batch():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    # forked: the children share the parent's imports (spawned ones import torch again)
-    mp.start_processes(_worker, args=(port, sizes, out), nprocs=2, start_method="fork")
+    mp.spawn(_worker, args=(port, sizes, out), nprocs=2, join=True)
 
     image, text = _features(sum(sizes))
     image.requires_grad_()
