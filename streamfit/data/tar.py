@@ -1,0 +1,426 @@
+"""The tar format of webdataset shards, walked so that damage costs only the bytes it touches.
+
+:func:`iter_members` reads a tar stream member by member, as ``tarfile``'s stream mode does,
+but where ``tarfile`` (and so webdataset) stops at the first bad header, it resyncs as GNU tar
+does: it looks for the next valid header (``ustar`` magic and a right checksum) at *any* byte
+offset, since inserted or lost bytes break the 512-byte alignment, and reports the bytes it
+passed over as a :class:`DamagedBytes` stretch, with what can still be read of the headers in
+it. Header fields are parsed by ``tarfile.TarInfo.frombuf``; only the walking is done here.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+BLOCK = tarfile.BLOCKSIZE
+MAGIC = b"ustar"
+MAGIC_AT = 257  # the magic's offset in a header
+CHECKSUM_FIELD = slice(148, 156)
+FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+# headers whose data describes the next member (PAX extended header, GNU long name / link)
+EXTENSION_TYPES = (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+# an extension header's data above this is not believed (a damaged size, not a long name)
+MAX_EXTENSION_BYTES = 1 << 20
+# a damaged header whose stored checksum is this close to its bytes' sum lost a few bytes
+# (one flipped byte moves the sum by at most 255); random bytes are never this close
+CLOSE_CHECKSUM = 1024
+ENCODING = ("utf-8", "surrogateescape")  # how tarfile decodes member names on Linux
+
+_READ_AHEAD = 8192
+_SCAN_CHUNK = 1 << 20
+
+
+@dataclass
+class TarMember:
+    """A regular file of the archive. ``offset``: its first header (PAX or GNU extension
+    headers included); ``end``: the offset after its data and padding; ``data``: None when
+    it was not read (``read`` said no: too large, or not wanted)."""
+
+    name: str
+    offset: int
+    size: int
+    data: bytes | None
+    end: int
+
+
+@dataclass
+class DamagedBytes:
+    """``[start, end)``: bytes holding no readable member, passed over up to the next valid
+    header (``resumed``; ``next_name``: the name it gives, None for an extension header whose
+    data names the member); else up to the stream's end.
+
+    ``aligned``: the stretch starts with something recognisably a tar header (a damaged
+    one), so the bytes before it are whole; otherwise the damage may have begun earlier,
+    inside the data of the member before. ``names``: member names read from damaged headers
+    in the stretch (their checksums fail, so a name may itself be damaged). ``truncated``:
+    the stream ends inside a header or a member (``end`` is where it ends)."""
+
+    start: int
+    end: int
+    detail: str
+    aligned: bool
+    names: list[str] = field(default_factory=list)
+    resumed: bool = False
+    next_name: str | None = None
+    truncated: bool = False
+
+    @property
+    def span(self) -> str:
+        return f"bytes {self.start}-{self.end} ({self.end - self.start} bytes)"
+
+
+@dataclass
+class ArchiveEnd:
+    """The archive ends at ``offset``: at its end-of-archive marker (``marker``; a marker cut
+    short counts), or at a member boundary without one, where the stream was cut and what
+    followed is unknown. ``trailing``: non-zero bytes after the marker (not part of any
+    member)."""
+
+    offset: int
+    marker: bool
+    trailing: int = 0
+
+
+TarItem = TarMember | DamagedBytes | ArchiveEnd
+
+
+def iter_members(
+    stream: BinaryIO, offset: int = 0, read: Callable[[str, int], bool] | None = None
+) -> Iterator[TarItem]:
+    """The members of a tar stream positioned at byte ``offset`` of its archive, in file order,
+    with the damaged stretches between them, ending with an :class:`ArchiveEnd` or with a
+    truncated :class:`DamagedBytes`. ``read(name, size)`` says whether a member's data is
+    read (default: all); skipped data is seeked over where the stream can seek.
+
+    A zero block is the end-of-archive marker only if no valid header follows it; otherwise
+    the zeros are a damaged stretch like any other. Directories, links and PAX global headers
+    are passed over silently."""
+    return _Walker(_Source(stream, offset), read or (lambda name, size: True)).items()
+
+
+class _Walker:
+    def __init__(self, source: _Source, read: Callable[[str, int], bool]) -> None:
+        self.src = source
+        self.read = read
+
+    def items(self) -> Iterator[TarItem]:
+        src = self.src
+        while True:
+            start = src.pos
+            block = src.peek(BLOCK)
+            if len(block) < BLOCK:
+                if not block.strip(b"\0"):
+                    yield ArchiveEnd(start, marker=bool(block))
+                else:
+                    yield DamagedBytes(
+                        start,
+                        start + len(block),
+                        f"the stream ends {len(block)} bytes into a tar header",
+                        aligned=_partial_header_like(block),
+                        truncated=True,
+                    )
+                return
+            if not block.strip(b"\0"):
+                found = src.scan(start + BLOCK)
+                if found.info is None:
+                    yield ArchiveEnd(start, marker=True, trailing=found.nonzero)
+                    return
+                yield DamagedBytes(
+                    start,
+                    src.pos,
+                    "zero bytes inside the archive (an end-of-archive marker before more "
+                    "members, or zeroed damage)",
+                    aligned=False,
+                    names=found.names,
+                    resumed=True,
+                    next_name=found.name,
+                )
+                continue
+            item = self._entry(start)
+            if item is not None:
+                yield item
+            if isinstance(item, DamagedBytes) and not item.resumed:
+                if not item.truncated:
+                    # damage ran to the stream's end: whether the archive was whole is told
+                    # by the end-of-archive marker (two zero blocks) closing the stream
+                    yield ArchiveEnd(item.end, marker=src.tail_zeros >= 2 * BLOCK)
+                return
+
+    def _entry(self, start: int) -> TarMember | DamagedBytes | None:
+        """The member whose headers begin at ``start`` (None for an entry that is no regular
+        file), or the damaged stretch found there."""
+        src = self.src
+        overrides: dict[str, str] = {}
+        while True:
+            at = src.pos
+            block = src.peek(BLOCK)
+            if len(block) < BLOCK:
+                return self._cut(start, f"the stream ends inside the header at {at}")
+            info = _header(block, scanning=False)
+            size = _size(info, overrides)
+            if info is None or size is None:
+                return self._damaged(start, at, block, overrides)
+            src.advance(BLOCK)
+            if info.type in EXTENSION_TYPES:
+                if size > MAX_EXTENSION_BYTES:
+                    return self._damaged(start, at, block, overrides, f"a {size}-byte header")
+                payload = src.take(size)
+                if len(payload) < size:
+                    return self._cut(start, f"the stream ends inside the header at {at}")
+                src.skip(_padding(size))
+                parsed = _extension(info.type, payload)
+                if parsed is None:
+                    return self._damaged(start, at, block, overrides, "unreadable PAX records")
+                overrides.update(parsed)
+                continue
+            name = overrides.get("path", info.name)
+            if info.type not in FILE_TYPES:
+                src.skip(size + _padding(size))
+                return None
+            if self.read(name, size):
+                data: bytes | None = src.take(size)
+                got = len(data)  # type: ignore[arg-type]
+            else:
+                data, got = None, src.skip(size)
+            if got < size:
+                return self._cut(
+                    start, f"the stream ends inside member {name!r} ({got} of {size} bytes)", name
+                )
+            src.skip(_padding(size))
+            return TarMember(name, start, size, data, at + BLOCK + size + _padding(size))
+
+    def _cut(self, start: int, detail: str, name: str | None = None) -> DamagedBytes:
+        return DamagedBytes(
+            start, self.src.pos, detail, True, [name] if name else [], truncated=True
+        )
+
+    def _damaged(
+        self, start: int, at: int, block: bytes, overrides: dict[str, str], why: str = ""
+    ) -> DamagedBytes:
+        """The stretch from ``start`` (a header that fails, or the extension headers before
+        one) to the next valid header."""
+        aligned = at > start or _header_like(block)
+        names = [overrides["path"]] if "path" in overrides else []
+        name = _lenient_name(block) if aligned else None
+        if name and not names:
+            names.append(name)
+        found = self.src.scan(at + 1)
+        names += found.names
+        if why:
+            what = why
+        elif aligned:
+            what = f"a damaged tar header at {at}"
+        else:
+            what = f"no tar header at {at}"
+        if found.info is None:
+            detail = f"{what}; no valid header after it"
+            return DamagedBytes(start, self.src.pos, detail, aligned, names)
+        detail = f"{what}; the next valid header is at {self.src.pos}"
+        return DamagedBytes(
+            start, self.src.pos, detail, aligned, names, resumed=True, next_name=found.name
+        )
+
+
+class _Source:
+    """A forward-only window on a binary stream, addressed by absolute offsets: ``pos`` is
+    the offset of the first byte not yet consumed. Seeks over skipped bytes where it can."""
+
+    def __init__(self, stream: BinaryIO, offset: int) -> None:
+        self.stream = stream
+        self.pos = offset
+        self.buf = bytearray()
+        self.eof = False
+        self.tail_zeros = 0  # zero bytes closing the stream, once a scan reached its end
+        self.size: int | None = None
+        if getattr(stream, "seekable", lambda: False)():
+            here = stream.tell()
+            self.size = offset - here + stream.seek(0, 2)
+            stream.seek(here)
+
+    def _fill(self, n: int, chunk: int = _READ_AHEAD) -> None:
+        while len(self.buf) < n and not self.eof:
+            data = self.stream.read(max(n - len(self.buf), chunk))
+            if data:
+                self.buf += data
+            else:
+                self.eof = True
+
+    def peek(self, n: int) -> bytes:
+        self._fill(n)
+        return bytes(self.buf[:n])
+
+    def take(self, n: int) -> bytes:
+        """The next ``n`` bytes (fewer at the end of the stream), consumed."""
+        self._fill(n, chunk=0)
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        self.pos += len(data)
+        return data
+
+    def advance(self, n: int) -> None:
+        """Consume ``n`` bytes already peeked at."""
+        del self.buf[:n]
+        self.pos += n
+
+    def skip(self, n: int) -> int:
+        """Consume up to ``n`` bytes without keeping them; the number consumed."""
+        held = min(n, len(self.buf))
+        self.advance(held)
+        rest = n - held
+        if rest and self.size is not None and not self.eof:
+            rest = min(rest, self.size - self.pos)
+            self.stream.seek(rest, 1)
+            self.pos += rest
+            return held + rest
+        while rest and not self.eof:
+            data = self.stream.read(min(rest, _SCAN_CHUNK))
+            if not data:
+                self.eof = True
+            rest -= len(data)
+            self.pos += len(data)
+        return n - rest
+
+    def scan(self, start: int) -> _Scan:
+        """Move to the first valid header at or after ``start`` (``ustar`` magic and a right
+        checksum, at any offset); at the end of the stream without one, ``pos`` is the
+        stream's end."""
+        self.skip(start - self.pos)
+        found = _Scan()
+        while True:
+            self._fill(_SCAN_CHUNK + BLOCK, chunk=_SCAN_CHUNK)
+            buf = self.buf
+            last = len(buf) - BLOCK  # the last header offset whose block is all here
+            hit = buf.find(MAGIC, MAGIC_AT)
+            while hit != -1 and hit - MAGIC_AT <= last:
+                at = hit - MAGIC_AT
+                block = bytes(buf[at : at + BLOCK])
+                found.info = _header(block, scanning=True)
+                if found.info is not None:
+                    found.passed(bytes(buf[:at]))
+                    self.advance(at)
+                    return found
+                name = _lenient_name(block) if _header_like(block) else None
+                if name:
+                    found.names.append(name)
+                hit = buf.find(MAGIC, hit + 1)
+            if self.eof:
+                rest = bytes(buf)
+                found.passed(rest)
+                self.tail_zeros = len(rest) - len(rest.rstrip(b"\0"))
+                self.advance(len(buf))
+                return found
+            keep = max(last + 1, 0)  # blocks starting from here are not whole yet
+            found.passed(bytes(buf[:keep]))
+            self.advance(keep)
+
+
+@dataclass
+class _Scan:
+    """What a resync found: the valid header it stopped at (None: the stream ended), the names
+    read from header-like blocks with failing checksums on the way, and how many of the bytes
+    passed were not zero."""
+
+    info: tarfile.TarInfo | None = None
+    names: list[str] = field(default_factory=list)
+    nonzero: int = 0
+
+    @property
+    def name(self) -> str | None:
+        """The found header's member name (None for an extension header)."""
+        if self.info is None or self.info.type in EXTENSION_TYPES:
+            return None
+        return self.info.name
+
+    def passed(self, data: bytes) -> None:
+        self.nonzero += len(data) - data.count(0)
+
+
+def _header(block: bytes, scanning: bool) -> tarfile.TarInfo | None:
+    """``block`` parsed as a tar header, or None when it is none (bad checksum, all zeros,
+    short). While ``scanning`` (resyncing) the ``ustar`` magic is required too; in order, an
+    old V7 header (no magic) is accepted as ``tarfile`` accepts it."""
+    if len(block) < BLOCK or (scanning and block[MAGIC_AT : MAGIC_AT + len(MAGIC)] != MAGIC):
+        return None
+    try:
+        return tarfile.TarInfo.frombuf(block, *ENCODING)
+    except tarfile.HeaderError:
+        return None
+
+
+def _size(info: tarfile.TarInfo | None, overrides: dict[str, str]) -> int | None:
+    """A member's data size (a PAX ``size`` record overrides the header's); None when it
+    is not a size at all."""
+    if info is None:
+        return None
+    try:
+        size = int(overrides["size"]) if "size" in overrides else info.size
+    except ValueError:
+        return None
+    return size if size >= 0 else None
+
+
+def _padding(size: int) -> int:
+    return -size % BLOCK
+
+
+def _extension(kind: bytes, payload: bytes) -> dict[str, str] | None:
+    """The ``path`` / ``size`` an extension header gives the next member ({} for a GNU long
+    link); None when its data does not parse."""
+    if kind == tarfile.GNUTYPE_LONGNAME:
+        return {"path": payload.split(b"\0", 1)[0].decode(*ENCODING)}
+    if kind == tarfile.GNUTYPE_LONGLINK:
+        return {}
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(payload):
+        if not payload[pos:].strip(b"\0"):
+            break
+        space = payload.find(b" ", pos)
+        length = payload[pos:space]
+        if space < 0 or not length.isdigit() or int(length) <= space - pos:
+            return None
+        end = pos + int(length)
+        record = payload[space + 1 : end]
+        if end > len(payload) or not record.endswith(b"\n") or b"=" not in record:
+            return None
+        key, _, value = record[:-1].partition(b"=")
+        if key in (b"path", b"size"):
+            records[key.decode()] = value.decode(*ENCODING)
+        pos = end
+    return records
+
+
+def _checksum(block: bytes) -> int:
+    return sum(block) - sum(block[CHECKSUM_FIELD]) + 8 * 32
+
+
+def _lenient_name(block: bytes) -> str | None:
+    """The name field of a header that may be damaged: text up to its first NUL, if that is
+    a plausible file name (non-empty, no control characters)."""
+    raw = block[:100].split(b"\0", 1)[0]
+    if not raw or any(b < 0x20 or b == 0x7F for b in raw):
+        return None
+    return raw.decode(*ENCODING)
+
+
+def _header_like(block: bytes) -> bool:
+    """Whether a whole block that fails as a header still reads as one that took a few
+    damaged bytes: its checksum field is close to its bytes' sum, or its magic is in place
+    beside a plausible name. Data shifted by inserted bytes, or random bytes, is neither."""
+    stored = block[CHECKSUM_FIELD].split(b"\0", 1)[0].strip()
+    if stored and all(48 <= b <= 55 for b in stored):
+        if abs(int(stored, 8) - _checksum(block)) < CLOSE_CHECKSUM:
+            return True
+    return block[MAGIC_AT : MAGIC_AT + len(MAGIC)] == MAGIC and _lenient_name(block) is not None
+
+
+def _partial_header_like(block: bytes) -> bool:
+    """Whether the start of a header cut short by the stream's end reads as one: a plausible
+    name so far, and the magic in place if the cut left it."""
+    raw = block[:100].split(b"\0", 1)[0]
+    if not raw or any(b < 0x20 or b == 0x7F for b in raw):
+        return False
+    return len(block) < MAGIC_AT + len(MAGIC) or block[MAGIC_AT : MAGIC_AT + len(MAGIC)] == MAGIC
