@@ -234,7 +234,8 @@ def shard_events(
     the last whole sample (which is yielded).
     """
     grouping = _Grouping(shard, shard_index, previous)
-    yield from grouping.run(iter_members(stream, offset, read), from_start=offset == 0)
+    items = iter_members(stream, offset, read, label=shard)
+    yield from grouping.run(items, from_start=offset == 0)
 
 
 @dataclass
@@ -387,7 +388,11 @@ class _Grouping:
                 return "damaged_member", f"{gap.damage.span} before it: {why}"
         if isinstance(after, DamagedBytes):
             reason = "truncated_shard" if after.truncated else "damaged_member"
-            where = f"{after.span} after it ({after.detail})"
+            where = (
+                f"the shard ends at byte {after.end} ({after.detail})"
+                if after.truncated
+                else f"{after.span} after it ({after.detail})"
+            )
             if after.next_name and split_member_name(after.next_name)[0] == sample.key:
                 return reason, f"{where}: it has members on both sides"
             if not after.aligned:
@@ -407,16 +412,18 @@ class _Grouping:
         name read in it, or, when it names and costs nothing else, the stretch itself."""
         damage = gap.damage
         keys = list(dict.fromkeys(split_member_name(name)[0] for name in gap.names))
-        detail = f"{damage.span}: a damaged header there names it ({damage.detail})"
-        lost = [LostSamples(reason or "damaged_member", key, detail) for key in keys]
-        if not keys and not gap.carried:
-            lost.append(
-                LostSamples(
-                    reason or "damaged_bytes",
-                    f"<bytes {damage.start}-{damage.end}>",
-                    f"{damage.span} name no sample: {damage.detail}",
-                )
-            )
+        if damage.truncated:
+            named = f"the shard ends at byte {damage.end} inside it ({damage.detail})"
+            unnamed = f"the shard ends at byte {damage.end} ({damage.detail})"
+        else:
+            named = f"{damage.span}: a damaged header there names it ({damage.detail})"
+            unnamed = f"{damage.span} name no sample: {damage.detail}"
+        lost = [LostSamples(reason or "damaged_member", key, named) for key in keys]
+        # a stretch that starts with a member's extension header lost that member only if a
+        # neighbour shows it (a sample split or short): then it is carried
+        if not keys and not gap.carried and not damage.extension:
+            key = f"<bytes {damage.start}-{damage.end}>"
+            lost.append(LostSamples(reason or "damaged_bytes", key, unnamed))
         return lost
 
     def _end(self, end: ArchiveEnd, carried: bool) -> Iterator[LostSamples]:

@@ -10,6 +10,7 @@ it. Header fields are parsed by ``tarfile.TarInfo.frombuf``; only the walking is
 
 from __future__ import annotations
 
+import logging
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ MAX_EXTENSION_BYTES = 1 << 20
 # (one flipped byte moves the sum by at most 255); random bytes are never this close
 CLOSE_CHECKSUM = 1024
 ENCODING = ("utf-8", "surrogateescape")  # how tarfile decodes member names on Linux
+
+logger = logging.getLogger("streamfit.data")
 
 _READ_AHEAD = 8192
 _SCAN_CHUNK = 1 << 20
@@ -49,14 +52,16 @@ class TarMember:
 @dataclass
 class DamagedBytes:
     """``[start, end)``: bytes holding no readable member, passed over up to the next valid
-    header (``resumed``; ``next_name``: the name it gives, None for an extension header whose
-    data names the member); else up to the stream's end.
+    header (``resumed``; ``next_name``: the name of the member there); else up to the
+    stream's end.
 
     ``aligned``: the stretch starts with something recognisably a tar header (a damaged
     one), so the bytes before it are whole; otherwise the damage may have begun earlier,
     inside the data of the member before. ``names``: member names read from damaged headers
-    in the stretch (their checksums fail, so a name may itself be damaged). ``truncated``:
-    the stream ends inside a header or a member (``end`` is where it ends)."""
+    in the stretch (their checksums fail, so a name may itself be damaged). ``extension``: it
+    starts with a PAX / GNU extension header (whole or damaged), so its member was not lost
+    unless the bytes around say so. ``truncated``: the stream ends inside a header or a
+    member (``end`` is where it ends)."""
 
     start: int
     end: int
@@ -65,6 +70,7 @@ class DamagedBytes:
     names: list[str] = field(default_factory=list)
     resumed: bool = False
     next_name: str | None = None
+    extension: bool = False
     truncated: bool = False
 
     @property
@@ -88,7 +94,10 @@ TarItem = TarMember | DamagedBytes | ArchiveEnd
 
 
 def iter_members(
-    stream: BinaryIO, offset: int = 0, read: Callable[[str, int], bool] | None = None
+    stream: BinaryIO,
+    offset: int = 0,
+    read: Callable[[str, int], bool] | None = None,
+    label: str = "",
 ) -> Iterator[TarItem]:
     """The members of a tar stream positioned at byte ``offset`` of its archive, in file order,
     with the damaged stretches between them, ending with an :class:`ArchiveEnd` or with a
@@ -96,15 +105,17 @@ def iter_members(
     read (default: all); skipped data is seeked over where the stream can seek.
 
     A zero block is the end-of-archive marker only if no valid header follows it; otherwise
-    the zeros are a damaged stretch like any other. Directories, links and PAX global headers
-    are passed over silently."""
-    return _Walker(_Source(stream, offset), read or (lambda name, size: True)).items()
+    the zeros are a damaged stretch like any other. A damaged PAX or GNU extension header
+    whose data and next header are whole is read past with a warning (naming ``label``): its
+    member is whole. Directories, links and PAX global headers are passed over silently."""
+    return _Walker(_Source(stream, offset), read or (lambda name, size: True), label).items()
 
 
 class _Walker:
-    def __init__(self, source: _Source, read: Callable[[str, int], bool]) -> None:
+    def __init__(self, source: _Source, read: Callable[[str, int], bool], label: str) -> None:
         self.src = source
         self.read = read
+        self.label = label
 
     def items(self) -> Iterator[TarItem]:
         src = self.src
@@ -136,7 +147,7 @@ class _Walker:
                     aligned=False,
                     names=found.names,
                     resumed=True,
-                    next_name=found.name,
+                    next_name=self._name_here(),
                 )
                 continue
             item = self._entry(start)
@@ -162,11 +173,15 @@ class _Walker:
             info = _header(block, scanning=False)
             size = _size(info, overrides)
             if info is None or size is None:
-                return self._damaged(start, at, block, overrides)
+                recovered = self._damaged_extension(at, block)
+                if recovered is None:
+                    return self._damaged(start, at, block, overrides)
+                overrides.update(recovered)
+                continue
+            if info.type in EXTENSION_TYPES and size > MAX_EXTENSION_BYTES:
+                return self._damaged(start, at, block, overrides, f"a {size}-byte header")
             src.advance(BLOCK)
             if info.type in EXTENSION_TYPES:
-                if size > MAX_EXTENSION_BYTES:
-                    return self._damaged(start, at, block, overrides, f"a {size}-byte header")
                 payload = src.take(size)
                 if len(payload) < size:
                     return self._cut(start, f"the stream ends inside the header at {at}")
@@ -192,6 +207,33 @@ class _Walker:
             src.skip(_padding(size))
             return TarMember(name, start, size, data, at + BLOCK + size + _padding(size))
 
+    def _damaged_extension(self, at: int, block: bytes) -> dict[str, str] | None:
+        """Past a damaged PAX / GNU extension header whose data and next header are whole
+        (its size field leads to a valid header): its records where they still parse (else
+        none: the member keeps its plain tar name). None, without moving, for anything else."""
+        kind = block[156:157]
+        if kind not in EXTENSION_TYPES or not _header_like(block):
+            return None
+        try:
+            size = tarfile.nti(block[124:136])
+        except tarfile.HeaderError:
+            return None
+        if not 0 <= size <= MAX_EXTENSION_BYTES:
+            return None
+        after = BLOCK + size + _padding(size)
+        ahead = self.src.peek(after + BLOCK)
+        if _header(ahead[after:], scanning=True) is None:
+            return None
+        records = _extension(kind, ahead[BLOCK : BLOCK + size])
+        self.src.advance(after)
+        logger.warning(
+            "%s: a damaged tar extension header at byte %d; the member after it is whole%s",
+            self.label or "tar stream",
+            at,
+            "" if records is not None else " (read under its plain tar name)",
+        )
+        return records or {}
+
     def _cut(self, start: int, detail: str, name: str | None = None) -> DamagedBytes:
         return DamagedBytes(
             start, self.src.pos, detail, True, [name] if name else [], truncated=True
@@ -203,11 +245,14 @@ class _Walker:
         """The stretch from ``start`` (a header that fails, or the extension headers before
         one) to the next valid header."""
         aligned = at > start or _header_like(block)
+        extension = at > start or (aligned and block[156:157] in EXTENSION_TYPES)
         names = [overrides["path"]] if "path" in overrides else []
         name = _lenient_name(block) if aligned else None
         if name and not names:
             names.append(name)
-        found = self.src.scan(at + 1)
+        # the scan may meet this block's own bytes again, shifted by inserted ones: names read
+        # there would be garbled copies of this header's
+        found = self.src.scan(at + 1, names_from=at + BLOCK)
         names += found.names
         if why:
             what = why
@@ -217,11 +262,37 @@ class _Walker:
             what = f"no tar header at {at}"
         if found.info is None:
             detail = f"{what}; no valid header after it"
-            return DamagedBytes(start, self.src.pos, detail, aligned, names)
+            return DamagedBytes(start, self.src.pos, detail, aligned, names, extension=extension)
         detail = f"{what}; the next valid header is at {self.src.pos}"
         return DamagedBytes(
-            start, self.src.pos, detail, aligned, names, resumed=True, next_name=found.name
+            start,
+            self.src.pos,
+            detail,
+            aligned,
+            names,
+            resumed=True,
+            next_name=self._name_here(),
+            extension=extension,
         )
+
+    def _name_here(self) -> str | None:
+        """The name of the member whose (valid) headers start here, looked at without moving:
+        past its extension headers when they are whole."""
+        overrides: dict[str, str] = {}
+        ahead = 0
+        for _ in range(4):  # a member has at most a PAX header and a GNU long name or two
+            block = self.src.peek(ahead + BLOCK)[ahead:]
+            info = _header(block, scanning=False)
+            if info is None:
+                return None
+            if info.type not in EXTENSION_TYPES:
+                return overrides.get("path", info.name)
+            if not 0 <= info.size <= MAX_EXTENSION_BYTES:
+                return None
+            payload = self.src.peek(ahead + BLOCK + info.size)[ahead + BLOCK :]
+            overrides.update(_extension(info.type, payload) or {})
+            ahead += BLOCK + info.size + _padding(info.size)
+        return None
 
 
 class _Source:
@@ -283,11 +354,13 @@ class _Source:
             self.pos += len(data)
         return n - rest
 
-    def scan(self, start: int) -> _Scan:
+    def scan(self, start: int, names_from: int | None = None) -> _Scan:
         """Move to the first valid header at or after ``start`` (``ustar`` magic and a right
         checksum, at any offset); at the end of the stream without one, ``pos`` is the
-        stream's end."""
-        self.skip(start - self.pos)
+        stream's end. Names are read from blocks on the way, from ``names_from`` on, that are
+        headers with a few damaged bytes (their checksum is close)."""
+        names_from = start if names_from is None else names_from
+        self.skip(max(0, start - self.pos))  # past bytes already consumed (a header's data)
         found = _Scan()
         while True:
             self._fill(_SCAN_CHUNK + BLOCK, chunk=_SCAN_CHUNK)
@@ -302,8 +375,8 @@ class _Source:
                     found.passed(bytes(buf[:at]))
                     self.advance(at)
                     return found
-                name = _lenient_name(block) if _header_like(block) else None
-                if name:
+                name = _lenient_name(block) if _checksum_close(block) else None
+                if name and self.pos + at >= names_from:
                     found.names.append(name)
                 hit = buf.find(MAGIC, hit + 1)
             if self.eof:
@@ -326,13 +399,6 @@ class _Scan:
     info: tarfile.TarInfo | None = None
     names: list[str] = field(default_factory=list)
     nonzero: int = 0
-
-    @property
-    def name(self) -> str | None:
-        """The found header's member name (None for an extension header)."""
-        if self.info is None or self.info.type in EXTENSION_TYPES:
-            return None
-        return self.info.name
 
     def passed(self, data: bytes) -> None:
         self.nonzero += len(data) - data.count(0)
@@ -399,28 +465,41 @@ def _checksum(block: bytes) -> int:
 
 def _lenient_name(block: bytes) -> str | None:
     """The name field of a header that may be damaged: text up to its first NUL, if that is
-    a plausible file name (non-empty, no control characters)."""
+    a plausible file name (non-empty, no control characters) and not that of an extension
+    header (``././@PaxHeader``, ``PaxHeaders.N/...``, which name no member)."""
     raw = block[:100].split(b"\0", 1)[0]
-    if not raw or any(b < 0x20 or b == 0x7F for b in raw):
+    if not _plausible(raw) or block[156:157] in (*EXTENSION_TYPES, tarfile.XGLTYPE):
+        return None
+    if raw.startswith(b"././@") or b"PaxHeaders" in raw:
         return None
     return raw.decode(*ENCODING)
+
+
+def _plausible(name: bytes) -> bool:
+    """Whether bytes could be a member name: some, and no control characters."""
+    return bool(name) and not any(b < 0x20 or b == 0x7F for b in name)
 
 
 def _header_like(block: bytes) -> bool:
     """Whether a whole block that fails as a header still reads as one that took a few
     damaged bytes: its checksum field is close to its bytes' sum, or its magic is in place
     beside a plausible name. Data shifted by inserted bytes, or random bytes, is neither."""
+    if _checksum_close(block):
+        return True
+    in_place = block[MAGIC_AT : MAGIC_AT + len(MAGIC)] == MAGIC
+    return in_place and _plausible(block[:100].split(b"\0", 1)[0])
+
+
+def _checksum_close(block: bytes) -> bool:
     stored = block[CHECKSUM_FIELD].split(b"\0", 1)[0].strip()
-    if stored and all(48 <= b <= 55 for b in stored):
-        if abs(int(stored, 8) - _checksum(block)) < CLOSE_CHECKSUM:
-            return True
-    return block[MAGIC_AT : MAGIC_AT + len(MAGIC)] == MAGIC and _lenient_name(block) is not None
+    if not stored or not all(48 <= b <= 55 for b in stored):  # octal digits
+        return False
+    return abs(int(stored, 8) - _checksum(block)) < CLOSE_CHECKSUM
 
 
 def _partial_header_like(block: bytes) -> bool:
     """Whether the start of a header cut short by the stream's end reads as one: a plausible
     name so far, and the magic in place if the cut left it."""
-    raw = block[:100].split(b"\0", 1)[0]
-    if not raw or any(b < 0x20 or b == 0x7F for b in raw):
+    if not _plausible(block[:100].split(b"\0", 1)[0]):
         return False
     return len(block) < MAGIC_AT + len(MAGIC) or block[MAGIC_AT : MAGIC_AT + len(MAGIC)] == MAGIC
