@@ -445,16 +445,29 @@ class _Grouping:
 
 def _claims(name: str, key: str | None, missing: frozenset[str]) -> bool:
     """Whether a member name read from a damaged header is sample ``key``'s: the same key, or
-    (the name may be damaged too) a key two characters off naming a member the sample lacks.
-    Only the second: img2dataset's keys are consecutive numbers, so a close key may well be
-    the neighbour's."""
+    (the name may be damaged too: bytes changed, inserted or lost) a key two edits off naming
+    a member the sample lacks. Only the second: img2dataset's keys are consecutive numbers,
+    so a close key may well be the neighbour's."""
     if key is None:
         return False
     name_key, ext = split_member_name(name)
     if name_key == key:
         return True
-    close = len(name_key) == len(key) and sum(a != b for a, b in zip(name_key, key, strict=True))
-    return ext in missing and 0 < close <= 2
+    return ext in missing and _edits(name_key, key, 2) <= 2
+
+
+def _edits(a: str, b: str, bound: int) -> int:
+    """Levenshtein distance of ``a`` and ``b``, or ``bound + 1`` when it exceeds ``bound``."""
+    if abs(len(a) - len(b)) > bound:
+        return bound + 1
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+        if min(row) > bound:
+            return bound + 1
+    return row[-1]
 
 
 def iter_tar_samples(

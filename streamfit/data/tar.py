@@ -116,6 +116,9 @@ class _Walker:
         self.src = source
         self.read = read
         self.label = label
+        # whether the last member read ends in a non-zero byte: then zeros right after it
+        # began in its padding or later, and did not touch it
+        self.whole_tail = False
 
     def items(self) -> Iterator[TarItem]:
         src = self.src
@@ -144,13 +147,17 @@ class _Walker:
                     src.pos,
                     "zero bytes inside the archive (an end-of-archive marker before more "
                     "members, or zeroed damage)",
-                    aligned=False,
+                    aligned=self.whole_tail,
                     names=found.names,
                     resumed=True,
                     next_name=self._name_here(),
                 )
                 continue
             item = self._entry(start)
+            if isinstance(item, TarMember):
+                self.whole_tail = item.data is not None and item.data[-1:] not in (b"", b"\0")
+            elif item is not None:
+                self.whole_tail = False
             if item is not None:
                 yield item
             if isinstance(item, DamagedBytes) and not item.resumed:
@@ -247,7 +254,7 @@ class _Walker:
         aligned = at > start or _header_like(block)
         extension = at > start or (aligned and block[156:157] in EXTENSION_TYPES)
         names = [overrides["path"]] if "path" in overrides else []
-        name = _lenient_name(block) if aligned else None
+        name = _lenient_name(block) if _header_like(block) else None
         if name and not names:
             names.append(name)
         # the scan may meet this block's own bytes again, shifted by inserted ones: names read
