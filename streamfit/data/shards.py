@@ -221,14 +221,15 @@ def shard_events(
     (:attr:`RawSample.trace`: a resumed reader passes it so that damage right after the offset
     is judged as in an uninterrupted read). ``read(name, size)``: whose data to read.
 
-    A damaged stretch costs:
+    A damaged stretch costs (``damaged_member``, each sample once):
 
-    - the sample before it, when the stretch does not start with a recognisable header (the
-      damage may have begun inside that sample's last member), names it, or the sample lacks
-      members its predecessor had (``damaged_member``);
-    - the sample after it, when the stretch names it or it lacks members (``damaged_member``);
-    - each other sample named by a damaged header inside the stretch (``damaged_member``);
-    - when it names no sample at all, the stretch itself (``damaged_bytes``, ``<bytes A-B>``).
+    - the sample before it, when the stretch splits it (its members on both sides), names it,
+      does not start with a recognisable header (the damage may have begun inside the
+      sample's last member), or the sample lacks members its predecessor had;
+    - the sample after it, when the stretch names it or it lacks members;
+    - each other sample named by a damaged header inside the stretch;
+    - when it names no sample at all, the stretch itself (``damaged_bytes``, ``<bytes A-B>``),
+      unless it starts with an extension header: the member after that is whole.
 
     A shard cut short costs one ``truncated_shard``: the sample cut, or the unknown rest after
     the last whole sample (which is yielded).
@@ -526,8 +527,10 @@ class ShardReader(BaseNode[RawSample]):
     every rank reads every shard and keeps samples ``rank::world_size``), then shuffles samples
     within a buffer of ``shuffle_buffer``. With a ``node_schedule`` (node-affine shards, see
     :mod:`streamfit.data.schedule`) the schedule decides instead which shards and samples the
-    rank reads. Across ranks every sample comes exactly once per epoch. Samples missing an image (or splats) or a caption, or with a 0-byte image, and the
-    rest of a truncated shard, are skipped and counted in ``stats``.
+    rank reads. Across ranks every sample comes exactly once per epoch. Samples missing an
+    image (or splats) or a caption, or with a 0-byte image, and those that damage to the
+    shard cost (:func:`shard_events`), are skipped and counted in ``stats`` (each by one
+    rank where ranks split a shard's samples).
 
     ``reset(None)`` starts the next epoch (the first is ``epoch``) after a finished one, and
     restarts the current epoch otherwise; :meth:`set_epoch` picks one explicitly.
