@@ -89,7 +89,8 @@ def damaged(clean: Path, tmp_path: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("ext", ["jpg", "txt", "json"])
-@pytest.mark.parametrize("field", [0, 124, 150, 258, 400])  # name, size, checksum, magic, unused
+# name, the key's dot, size, checksum, magic, unused
+@pytest.mark.parametrize("field", [0, 9, 124, 150, 258, 400])
 def test_a_damaged_header_costs_its_sample_only(
     clean: Path, tmp_path: Path, ext: str, field: int
 ) -> None:
@@ -194,6 +195,34 @@ def test_long_names_extension_headers(tmp_path: Path, fmt: int) -> None:
     assert keys == [long.format(i) for i in range(SAMPLES) if i != 5]
     assert reader.stats.current.skipped == {"damaged_member": 1}
     assert count_shard(str(path)) == (SAMPLES - 1, {"damaged_member": 1})
+
+
+@pytest.mark.parametrize("damage", ["flip", "zero"])
+def test_img2dataset_pax_headers(tmp_path: Path, caplog, damage: str) -> None:
+    """webdataset's TarWriter (img2dataset's) puts a PAX header (the mtime) before each
+    member: a damaged one costs nothing when it still reads as one and its member follows
+    whole; zeroed, it splits its sample, which is counted."""
+    from webdataset import TarWriter
+
+    path = tmp_path / "00000.tar"
+    with TarWriter(str(path)) as sink:
+        for i in range(SAMPLES):
+            sink.write({"__key__": f"{i:09d}", "jpg": noise_jpeg(i), "txt": b"a photo"})
+    info = members(path)["000000005.txt"]
+    assert info.offset_data - info.offset == 3 * 512  # PAX header, its records, the header
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[info.offset + 140] ^= 0x10
+    else:
+        data[info.offset : info.offset + 1024] = bytes(1024)
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="streamfit.data"):
+        keys, skipped = account(path)
+    if damage == "flip":
+        assert keys == keys_but() and skipped == {}
+        assert "a damaged tar extension header at byte" in caplog.text
+    else:
+        assert keys == keys_but(5) and skipped == {"damaged_member": 1}
 
 
 class Unseekable(io.RawIOBase):

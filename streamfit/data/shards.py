@@ -37,6 +37,7 @@ from torchdata.nodes import BaseNode
 from streamfit.data.schedule import NodeSchedule, RankPlan, global_plan
 from streamfit.data.stats import LoaderStats
 from streamfit.data.tar import (
+    BLOCK,
     MAGIC_AT,
     ArchiveEnd,
     DamagedBytes,
@@ -421,8 +422,11 @@ class _Grouping:
             unnamed = f"{damage.span} name no sample: {damage.detail}"
         lost = [LostSamples(reason or "damaged_member", key, named) for key in keys]
         # a stretch that starts with a member's extension header lost that member only if a
-        # neighbour shows it (a sample split or short): then it is carried
-        if not keys and not gap.carried and not damage.extension:
+        # neighbour shows it (a sample split or short): then it is carried; nor can a stretch
+        # have held a whole sample without a header for each of its members
+        too_short = damage.end - damage.start < BLOCK * len(self.prev_exts)
+        harmless = not damage.truncated and (damage.extension or too_short)
+        if not (keys or gap.carried or harmless):
             key = f"<bytes {damage.start}-{damage.end}>"
             lost.append(LostSamples(reason or "damaged_bytes", key, unnamed))
         return lost
@@ -446,15 +450,14 @@ class _Grouping:
 
 def _claims(name: str, key: str | None, missing: frozenset[str]) -> bool:
     """Whether a member name read from a damaged header is sample ``key``'s: the same key, or
-    (the name may be damaged too: bytes changed, inserted or lost) a key two edits off naming
-    a member the sample lacks. Only the second: img2dataset's keys are consecutive numbers,
-    so a close key may well be the neighbour's."""
+    (the name may be damaged too: bytes changed, inserted or lost) within two edits of the
+    name of a member the sample lacks. Only then: img2dataset's keys are consecutive
+    numbers, so a close key may well be the neighbour's."""
     if key is None:
         return False
-    name_key, ext = split_member_name(name)
-    if name_key == key:
+    if split_member_name(name)[0] == key:
         return True
-    return ext in missing and _edits(name_key, key, 2) <= 2
+    return any(_edits(name, f"{key}.{ext}", 2) <= 2 for ext in missing)
 
 
 def _edits(a: str, b: str, bound: int) -> int:
