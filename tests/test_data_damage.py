@@ -102,24 +102,23 @@ def test_a_damaged_header_costs_its_sample_only(
 
 
 @pytest.mark.parametrize(
-    ("where", "n", "lost"),
+    ("member", "part", "at", "n", "lost"),
     [
-        ("000000004.jpg", 1, 4),  # inside an image: its sample
-        ("000000004.jpg", 1000, 4),
-        ("000000004.json", 511, 4),  # inside the last member of a sample
-        ("000000005.txt", 300, 5),  # into a header, past its magic
+        ("000000004.jpg", "data", 100, 1, 4),  # inside an image: its sample
+        ("000000004.jpg", "data", 100, 1000, 4),
+        ("000000004.json", "data", 20, 300, 4),  # inside the last member of a sample
+        ("000000005.txt", "header", 300, 300, 5),  # into a header, past its magic
+        ("000000005.jpg", "header", 150, 700, 5),  # into a sample's first header, past its mode
+        # right at a sample's end: the reader cannot tell it from damage begun inside it
+        ("000000005.jpg", "header", 0, 700, 4),
     ],
 )
 def test_inserted_bytes_cost_the_sample_they_fall_in(
-    clean: Path, tmp_path: Path, where: str, n: int, lost: int
+    clean: Path, tmp_path: Path, member: str, part: str, at: int, n: int, lost: int
 ) -> None:
     def insert(data, info):
-        at = info[where].offset_data + 100 if where.endswith("jpg") else info[where].offset + 300
-        return (
-            data[:at] + bytes(range(256)) * 4 + data[at:]
-            if n == 1000
-            else (data[:at] + b"\x17" * n + data[at:])
-        )
+        where = (info[member].offset_data if part == "data" else info[member].offset) + at
+        return data[:where] + b"\x17" * n + data[where:]
 
     keys, skipped = account(damaged(clean, tmp_path, insert))
     assert keys == keys_but(lost) and skipped == {"damaged_member": 1}

@@ -489,12 +489,16 @@ def _plausible(name: bytes) -> bool:
 
 def _header_like(block: bytes) -> bool:
     """Whether a whole block that fails as a header still reads as one that took a few
-    damaged bytes: its checksum field is close to its bytes' sum, or its magic is in place
-    beside a plausible name. Data shifted by inserted bytes, or random bytes, is neither."""
+    damaged bytes: its checksum field is close to its bytes' sum; or a plausible name beside
+    its magic in place, or beside an octal mode field (damage from byte 108 of the header on
+    leaves its start whole). Data shifted by inserted bytes, or random bytes, is none."""
     if _checksum_close(block):
         return True
+    if not _plausible(block[:100].split(b"\0", 1)[0]):
+        return False
     in_place = block[MAGIC_AT : MAGIC_AT + len(MAGIC)] == MAGIC
-    return in_place and _plausible(block[:100].split(b"\0", 1)[0])
+    mode = block[100:108].rstrip(b"\0 ")
+    return in_place or (bool(mode) and all(48 <= b <= 55 for b in mode.lstrip(b" ")))
 
 
 def _checksum_close(block: bytes) -> bool:
