@@ -154,10 +154,6 @@ class _Walker:
                 )
                 continue
             item = self._entry(start)
-            if isinstance(item, TarMember):
-                self.whole_tail = item.data is not None and item.data[-1:] not in (b"", b"\0")
-            elif item is not None:
-                self.whole_tail = False
             if item is not None:
                 yield item
             if isinstance(item, DamagedBytes) and not item.resumed:
@@ -172,6 +168,7 @@ class _Walker:
         file), or the damaged stretch found there."""
         src = self.src
         overrides: dict[str, str] = {}
+        self.whole_tail = False
         while True:
             at = src.pos
             block = src.peek(BLOCK)
@@ -204,9 +201,13 @@ class _Walker:
                 return None
             if self.read(name, size):
                 data: bytes | None = src.take(size)
+                tail = data[-1:]  # type: ignore[index]
                 got = len(data)  # type: ignore[arg-type]
-            else:
-                data, got = None, src.skip(size)
+            else:  # its last byte is read all the same: what follows is judged by it
+                data, got = None, src.skip(max(size - 1, 0))
+                tail = src.take(1) if size else b""
+                got += len(tail)
+            self.whole_tail = tail not in (b"", b"\0")
             if got < size:
                 return self._cut(
                     start, f"the stream ends inside member {name!r} ({got} of {size} bytes)", name
