@@ -24,6 +24,7 @@ CASES = {
     "cpu_time_split": ([], "repeats=3", lambda c: c.repeats, 3),
     "export_splats": (["--out", "o"], "fit.iters=7", lambda c: c.fit.iters, 7),
     "fit_images": (["x.jpg"], "iters=7", lambda c: c.iters, 7),
+    "fuzz_shards": (["x.tar"], "cases=7", lambda c: c.cases, 7),
     "gpu_report": (["out"], "skip_windows=2", lambda c: c.skip_windows, 2),
     "kernel_report": ([], "sms=100", lambda c: c.sms, 100),
     "make_shards": (["synthetic", "--out", "o"], "n_train=12", lambda c: c.n_train, 12),

@@ -1,15 +1,22 @@
-"""Reading DataComp / img2dataset webdataset shards: shard lists, tar streaming grouped into
-samples, and :class:`ShardReader`, the resumable, rank-aware, shuffling source node.
+"""Reading DataComp / img2dataset webdataset shards: shard lists, a shard's samples with what
+its damage cost, and :class:`ShardReader`, the resumable, rank-aware, shuffling source node.
 
 A shard is an uncompressed tar whose members ``<key>.<ext>`` are grouped into samples by
 ``key`` (consecutive members, webdataset's convention); ``ext`` is everything after the first
 dot of the file name, lower-cased (``jpg``, ``txt``, ``json``, ``splats``, ...).
 
+Damage costs only the samples it touches (:mod:`streamfit.data.tar` resyncs past a damaged
+stretch to the next valid header) and every sample is yielded or counted:
+:func:`shard_events` puts each damaged stretch on the samples whose members it may have held
+(``damaged_member``; ``truncated_shard`` where the shard ends early), or, when it names none,
+counts the stretch itself with its byte range (``damaged_bytes``).
+
 Resuming: the reader's state names *where* things are, never the things themselves: the
-epoch, the position in this rank's shard order, the byte offset of the next unread sample,
-and the (shard, offset) of each sample waiting in the shuffle buffer. Restoring seeks to those
-offsets (local files) or skips bytes in the stream (URLs), so nothing already yielded is read,
-decoded or fitted again.
+epoch, the position in this rank's shard order, the byte offset after the last sample read
+(with that sample's key and member extensions, which judging the damage that may follow it
+needs), and the (shard, offset) of each sample waiting in the shuffle buffer. Restoring seeks
+to those offsets (local files) or skips bytes in the stream (URLs), so nothing already
+yielded is read, decoded or fitted again.
 """
 
 from __future__ import annotations
@@ -19,9 +26,8 @@ import hashlib
 import json
 import logging
 import os
-import tarfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -30,6 +36,15 @@ from torchdata.nodes import BaseNode
 
 from streamfit.data.schedule import NodeSchedule, RankPlan, global_plan
 from streamfit.data.stats import LoaderStats
+from streamfit.data.tar import (
+    BLOCK,
+    MAGIC_AT,
+    ArchiveEnd,
+    DamagedBytes,
+    TarItem,
+    TarMember,
+    iter_members,
+)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXT = "txt"
@@ -52,7 +67,8 @@ class RawSample:
     ``(shard index in this rank's order, byte offset of its first tar header)``; ``end`` is
     the offset where the next sample's headers start. ``copies`` > 1: some member appeared
     that many times under this key (samples merged by a repeated key; never used).
-    ``unread``: ext -> size of members above ``MAX_MEMBER_BYTES``, left unread."""
+    ``unread``: ext -> size of members left unread (above ``MAX_MEMBER_BYTES``, or not
+    wanted by the caller)."""
 
     key: str
     shard: str
@@ -61,6 +77,28 @@ class RawSample:
     end: int
     copies: int = 1
     unread: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def trace(self) -> SampleTrace:
+        """What judging the bytes after this sample needs to know of it."""
+        return self.key, frozenset(self.members) | frozenset(self.unread)
+
+
+# (key, member extensions) of the sample before an offset: the shard's usual members, against
+# which a sample beside damage is judged whole or not
+SampleTrace = tuple[str, frozenset[str]]
+
+
+@dataclass
+class LostSamples:
+    """Samples of a shard that cannot be yielded: ``count`` of them under ``reason``, named by
+    ``key`` (``<shard>``: the whole shard; ``<bytes A-B>``: a damaged stretch whose samples
+    have no readable name)."""
+
+    reason: str
+    key: str
+    detail: str
+    count: int = 1
 
 
 def _pattern_parts(pattern: str) -> list[str]:
@@ -141,8 +179,9 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 class TruncatedShard(Exception):
-    """A shard ended inside a tar header or member (``reason`` ``truncated_shard``; ``key`` is
-    the sample being read), or is no tar at all (``not_a_tar``, ``empty_shard``)."""
+    """A shard that yields nothing more: it ended early (``reason`` ``truncated_shard``;
+    ``key`` names the sample being read), or is no tar at all (``not_a_tar``,
+    ``empty_shard``)."""
 
     def __init__(self, shard: str, key: str, detail: str, reason: str = "truncated_shard") -> None:
         super().__init__(f"{shard}: {reason} at sample {key!r}: {detail}")
@@ -158,109 +197,322 @@ def open_problem(err: Exception) -> str:
     return "unreadable_shard"
 
 
-def _first_block_problem(block: bytes) -> tuple[str, str]:
-    """``(reason, detail)`` when ``block``, the first 512 bytes of a shard, cannot start a tar
-    archive (an empty tar, all zeros, passes); ``("", "")`` when it can."""
-    if not block:
-        return "empty_shard", "0 bytes"
-    if len(block) < tarfile.BLOCKSIZE:
-        if block[257:262] == b"ustar":  # a tar cut inside its first header
-            return "truncated_shard", f"{len(block)} bytes, inside the first tar header"
-        return "not_a_tar", f"{len(block)} bytes, not a tar archive"
-    if not block.strip(b"\0"):
-        return "", ""
-    try:
-        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-    except tarfile.HeaderError as err:
-        return "not_a_tar", f"not a tar archive ({err or type(err).__name__})"
-    return "", ""
+def read_bounded(name: str, size: int) -> bool:
+    """The reader's choice of member data to read: all of it up to ``MAX_MEMBER_BYTES``."""
+    return size <= MAX_MEMBER_BYTES
 
 
-def iter_tar_samples(
-    stream: BinaryIO, shard: str, shard_index: int, base_offset: int = 0, limit: int | None = None
-) -> Iterator[RawSample]:
-    """Samples of a tar stream that starts at ``base_offset`` of the shard, in file order.
+def read_text_members(name: str, size: int) -> bool:
+    """:func:`count_shard`'s choice: the captions and JSON only, never image bytes."""
+    return size <= MAX_MEMBER_BYTES and split_member_name(name)[1] in (CAPTION_EXT, JSON_EXT)
 
-    Stops after ``limit`` samples when given. A tar cut short raises :class:`TruncatedShard`
-    after the last complete sample; the incomplete one is never yielded. (A stream that cannot
-    seek is trusted to its last header: a cut between two members goes unnoticed there.) A
-    stream that is no tar raises it with reason ``not_a_tar`` (or ``empty_shard``) at once.
+
+def shard_events(
+    stream: BinaryIO,
+    shard: str,
+    shard_index: int,
+    offset: int = 0,
+    previous: SampleTrace | None = None,
+    read: Callable[[str, int], bool] = read_bounded,
+) -> Iterator[RawSample | LostSamples]:
+    """Every sample of a tar stream positioned at byte ``offset`` of ``shard``, in file order:
+    a :class:`RawSample` for each sample whose members are whole (judged later by
+    :func:`invalid_reason`), a :class:`LostSamples` for each that damage cost and for each
+    shard-level problem. ``previous`` is the trace of the sample that ends at ``offset``
+    (:attr:`RawSample.trace`: a resumed reader passes it so that damage right after the offset
+    is judged as in an uninterrupted read). ``read(name, size)``: whose data to read.
+
+    A damaged stretch costs (``damaged_member``, each sample once):
+
+    - the sample before it, when the stretch splits it (its members on both sides), names it,
+      does not start with a recognisable header (the damage may have begun inside the
+      sample's last member), or the sample lacks members its predecessor had;
+    - the sample after it, when the stretch names it or it lacks members;
+    - each other sample named by a damaged header inside the stretch;
+    - when it names no sample at all, the stretch itself (``damaged_bytes``, ``<bytes A-B>``),
+      unless it starts with an extension header: the member after that is whole.
+
+    A shard cut short costs one ``truncated_shard``: the sample cut, or the unknown rest after
+    the last whole sample (which is yielded).
     """
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    unread: dict[str, int] = {}
-    copies: Counter[str] = Counter()
-    start = base_offset
-    count = 0
-    seekable = getattr(stream, "seekable", lambda: False)()
-    if base_offset == 0 and seekable:
-        reason, detail = _first_block_problem(stream.read(tarfile.BLOCKSIZE))
-        stream.seek(0)
-        if reason:
-            raise TruncatedShard(shard, "<none>", detail, reason)
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                member_key, ext = split_member_name(info.name)
-                if member_key != key:
-                    if key is not None:
-                        end = base_offset + info.offset
-                        yield RawSample(
-                            key,
-                            shard,
-                            (shard_index, start),
-                            members,
-                            end,
-                            max(copies.values()),
-                            unread,
-                        )
-                        count += 1
-                        if limit is not None and count >= limit:
-                            return
-                    key, members, start = member_key, {}, base_offset + info.offset
-                    copies, unread = Counter(), {}
-                copies[ext] += 1
-                if info.size > MAX_MEMBER_BYTES:
-                    unread[ext] = info.size  # tarfile skips its bytes without keeping them
-                    continue
-                data = tar.extractfile(info).read()  # type: ignore[union-attr]
-                if len(data) != info.size:
-                    raise tarfile.ReadError(
-                        f"member {info.name} has {len(data)} of {info.size} bytes"
-                    )
-                members[ext] = data
-        end = base_offset + tar.offset
-        if key is not None and seekable and not _end_marker_at(stream, end):
-            # tarfile ends quietly when a shard is cut inside or just before a header, so
-            # the last sample may be missing members: without the marker it is not trusted
-            raise tarfile.ReadError("no end-of-archive marker")
-    except (tarfile.ReadError, EOFError, OSError) as err:
-        if key is None and base_offset == 0 and not seekable:
-            # nothing parsed: the stream is no tar (seekable ones were checked above)
-            reason = "empty_shard" if str(err) == "empty file" else "not_a_tar"
-            raise TruncatedShard(shard, "<none>", str(err), reason) from err
-        raise TruncatedShard(shard, key or "<none>", str(err)) from err
-    if key is not None:
-        yield RawSample(
-            key, shard, (shard_index, start), members, end, max(copies.values()), unread
+    grouping = _Grouping(shard, shard_index, previous)
+    items = iter_members(stream, offset, read, label=shard)
+    yield from grouping.run(items, from_start=offset == 0)
+
+
+@dataclass
+class _Open:
+    """A sample being assembled from consecutive members of one key; ``before``: the damaged
+    stretch just before its first member, if any."""
+
+    key: str
+    offset: int
+    end: int = 0
+    members: dict[str, bytes] = field(default_factory=dict)
+    unread: dict[str, int] = field(default_factory=dict)
+    copies: Counter[str] = field(default_factory=Counter)
+    before: _Gap | None = None
+    rest: bool = False
+
+    def add(self, ext: str, member: TarMember) -> None:
+        self.copies[ext] += 1
+        if member.data is None:
+            self.unread[ext] = member.size
+        else:
+            self.members[ext] = member.data
+        self.end = member.end
+
+    def sample(self, shard: str, shard_index: int) -> RawSample:
+        return RawSample(
+            self.key,
+            shard,
+            (shard_index, self.offset),
+            self.members,
+            self.end,
+            max(self.copies.values()),
+            self.unread,
         )
 
 
-def _end_marker_at(stream: BinaryIO, offset: int) -> bool:
-    """Whether a zero block (a tar's end-of-archive marker) starts at ``offset``."""
-    stream.seek(offset)
-    block = stream.read(tarfile.BLOCKSIZE)
-    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
+@dataclass
+class _Gap:
+    """A damaged stretch not yet fully accounted: the names read in it that no sample has
+    claimed yet, and whether a sample already carries it."""
+
+    damage: DamagedBytes
+    names: list[str]
+    carried: bool
+
+
+class _Grouping:
+    """Members -> samples, with the accounting of :func:`shard_events`."""
+
+    def __init__(self, shard: str, shard_index: int, previous: SampleTrace | None) -> None:
+        self.shard, self.shard_index = shard, shard_index
+        self.prev_key: str | None = previous[0] if previous else None
+        self.prev_exts: frozenset[str] = previous[1] if previous else frozenset()
+        # the members the previous sample lacked (none once it was yielded)
+        self.prev_missing: frozenset[str] = frozenset()
+
+    def run(self, items: Iterator[TarItem], from_start: bool) -> Iterator[RawSample | LostSamples]:
+        current: _Open | None = None
+        gap: _Gap | None = None
+        anything = False  # a member or damage seen: the shard is not empty
+        for item in items:
+            if isinstance(item, TarMember):
+                anything = True
+                key, ext = split_member_name(item.name)
+                if current is None or key != current.key:
+                    if current is not None:
+                        yield from self._finish(current, None)[0]
+                    # members of the sample before a stretch, after it: the rest of a sample
+                    # already judged (and counted) at the stretch
+                    rest = gap is not None and key == self.prev_key
+                    current = _Open(key, item.offset, before=gap, rest=rest)
+                    gap = None
+                current.add(ext, item)
+                continue
+            if from_start and not anything:
+                problem = self._shard_problem(item)
+                if problem is not None:
+                    yield problem
+                    return
+            carried = False
+            if current is not None:
+                events, carried = self._finish(current, item)
+                yield from events
+                current = None
+            if gap is not None:  # two stretches with no sample between them
+                yield from self._settle(gap)
+                gap = None
+            if isinstance(item, DamagedBytes):
+                anything = True
+                names = [n for n in item.names if not _claims(n, self.prev_key, self.prev_missing)]
+                gap = _Gap(item, names, carried)
+                if item.resumed:
+                    continue
+                # the shard ends inside or after the stretch
+                yield from self._settle(gap, "truncated_shard" if item.truncated else "")
+                gap = None
+                if item.truncated:
+                    return
+            else:
+                yield from self._end(item, carried)
+                return
+
+    def _shard_problem(self, item: TarItem) -> LostSamples | None:
+        """A shard with no member at all: empty, or no tar."""
+        if isinstance(item, ArchiveEnd):
+            detail = "a tar with no members" if item.marker else "0 bytes"
+            return LostSamples("empty_shard", "<shard>", detail)
+        assert isinstance(item, DamagedBytes)
+        if item.resumed or item.names:
+            return None  # a tar whose beginning is damaged
+        if item.truncated and item.aligned and item.end > MAGIC_AT:
+            # a tar cut inside its first header (the magic is there): not any short file
+            return LostSamples("truncated_shard", "<shard>", f"{item.end} bytes: {item.detail}")
+        return LostSamples("not_a_tar", "<shard>", f"not a tar archive: {item.detail}")
+
+    def _finish(
+        self, sample: _Open, after: TarItem | None
+    ) -> tuple[list[RawSample | LostSamples], bool]:
+        """What the damaged stretch before the sample cost besides it, then the sample, or
+        why damage around it cost it (``after``: what follows it); and whether the sample
+        was lost, so carries ``after``."""
+        if sample.rest:
+            assert sample.before is not None
+            sample.before.carried = True
+            return list(self._settle(sample.before)), True
+        reason, detail = self._damage_to(sample, after)
+        events: list[RawSample | LostSamples] = []
+        if sample.before is not None:
+            events += self._settle(sample.before)
+        self.prev_key = sample.key
+        self.prev_missing = self.prev_exts - set(sample.copies)
+        if reason:
+            events.append(LostSamples(reason, sample.key, detail))
+            return events, True
+        raw = sample.sample(self.shard, self.shard_index)
+        self.prev_exts = raw.trace[1]
+        events.append(raw)
+        return events, False
+
+    def _damage_to(self, sample: _Open, after: TarItem | None) -> tuple[str, str]:
+        missing = self.prev_exts - set(sample.copies)
+        lacking = f"it lacks the {'/'.join(sorted(missing))} member(s) of the sample before it"
+        gap = sample.before
+        if gap is not None:
+            named = [n for n in gap.names if split_member_name(n)[0] == sample.key]
+            if named or missing:
+                gap.names = [n for n in gap.names if not _claims(n, sample.key, missing)]
+                gap.carried = True
+                why = f"a damaged header names it ({named[0]!r})" if named else lacking
+                return "damaged_member", f"{gap.damage.span} before it: {why}"
+        if isinstance(after, DamagedBytes):
+            reason = "truncated_shard" if after.truncated else "damaged_member"
+            where = (
+                f"the shard ends at byte {after.end} ({after.detail})"
+                if after.truncated
+                else f"{after.span} after it ({after.detail})"
+            )
+            if after.next_name and split_member_name(after.next_name)[0] == sample.key:
+                return reason, f"{where}: it has members on both sides"
+            if not after.aligned:
+                return reason, f"{where}: the damage may have begun inside its last member"
+            if any(split_member_name(n)[0] == sample.key for n in after.names):
+                return reason, f"{where}: a header there names it"
+            if missing:
+                return reason, f"{where}: {lacking}"
+        if isinstance(after, ArchiveEnd) and not after.marker and missing:
+            return "truncated_shard", (
+                f"the shard ends at byte {after.offset} with no end-of-archive marker and {lacking}"
+            )
+        return "", ""
+
+    def _settle(self, gap: _Gap, reason: str = "") -> list[LostSamples]:
+        """Count what a stretch cost beyond the samples that carry it: a sample for each other
+        name read in it, or, when it names and costs nothing else, the stretch itself."""
+        damage = gap.damage
+        keys = list(dict.fromkeys(split_member_name(name)[0] for name in gap.names))
+        if damage.truncated:
+            named = f"the shard ends at byte {damage.end} inside it ({damage.detail})"
+            unnamed = f"the shard ends at byte {damage.end} ({damage.detail})"
+        else:
+            named = f"{damage.span}: a damaged header there names it ({damage.detail})"
+            unnamed = f"{damage.span} name no sample: {damage.detail}"
+        lost = [LostSamples(reason or "damaged_member", key, named) for key in keys]
+        # a stretch that starts with a member's extension header lost that member only if a
+        # neighbour shows it (a sample split or short): then it is carried; nor can a stretch
+        # have held a whole sample without a header for each of its members
+        too_short = damage.end - damage.start < BLOCK * len(self.prev_exts)
+        harmless = not damage.truncated and (damage.extension or too_short)
+        if not (keys or gap.carried or harmless):
+            key = f"<bytes {damage.start}-{damage.end}>"
+            lost.append(LostSamples(reason or "damaged_bytes", key, unnamed))
+        return lost
+
+    def _end(self, end: ArchiveEnd, carried: bool) -> Iterator[LostSamples]:
+        if end.trailing:
+            logger.info(
+                "%s: %d non-zero bytes after the end-of-archive marker at byte %d (ignored)",
+                self.shard,
+                end.trailing,
+                end.offset,
+            )
+        if not end.marker and not carried:
+            yield LostSamples(
+                "truncated_shard",
+                "<rest>",
+                f"the shard ends at byte {end.offset} with no end-of-archive marker: "
+                "whatever followed is lost",
+            )
+
+
+def _claims(name: str, key: str | None, missing: frozenset[str]) -> bool:
+    """Whether a member name read from a damaged header is sample ``key``'s: the same key, or
+    (the name may be damaged too: bytes changed, inserted or lost) within two edits of the
+    name of a member the sample lacks. Only then: img2dataset's keys are consecutive
+    numbers, so a close key may well be the neighbour's."""
+    if key is None:
+        return False
+    if split_member_name(name)[0] == key:
+        return True
+    return any(_edits(name, f"{key}.{ext}", 2) <= 2 for ext in missing)
+
+
+def _edits(a: str, b: str, bound: int) -> int:
+    """Levenshtein distance of ``a`` and ``b``, or ``bound + 1`` when it exceeds ``bound``."""
+    if abs(len(a) - len(b)) > bound:
+        return bound + 1
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+        if min(row) > bound:
+            return bound + 1
+    return row[-1]
+
+
+def iter_tar_samples(
+    stream: BinaryIO, shard: str, shard_index: int, base_offset: int = 0
+) -> Iterator[RawSample]:
+    """The samples of a tar stream positioned at ``base_offset`` of the shard, in file order,
+    for readers that keep no statistics (evaluation, the run planner): samples lost to damage
+    are logged and passed over; a shard that is not a tar, is empty or ends early raises
+    :class:`TruncatedShard` after the samples before the cut. Samples are not judged
+    (:func:`invalid_reason` is the caller's)."""
+    final: LostSamples | None = None
+    for event in shard_events(stream, shard, shard_index, base_offset):
+        if isinstance(event, RawSample):
+            yield event
+        elif event.reason in ("truncated_shard", "not_a_tar", "empty_shard"):
+            final = event
+        else:
+            logger.warning(
+                "skipped %r in shard %s (%s): %s", event.key, shard, event.reason, event.detail
+            )
+    if final is not None:
+        raise TruncatedShard(shard, final.key, final.detail, final.reason)
 
 
 def read_sample_at(shard: str, shard_index: int, offset: int) -> RawSample:
-    """The one sample whose first tar header is at ``offset`` (to refill a shuffle buffer)."""
+    """The one sample whose first header is at ``offset`` (to refill a shuffle buffer): its
+    members up to the next key, damage or end."""
+    sample: _Open | None = None
     with open_shard(shard, offset) as stream:
-        for sample in iter_tar_samples(stream, shard, shard_index, offset, limit=1):
-            return sample
-    raise TruncatedShard(shard, "<none>", f"no sample at offset {offset}")
+        for item in iter_members(stream, offset, read_bounded):
+            if not isinstance(item, TarMember):
+                break
+            key, ext = split_member_name(item.name)
+            if sample is None:
+                sample = _Open(key, item.offset)
+            elif key != sample.key:
+                break
+            sample.add(ext, item)
+    if sample is None:
+        raise TruncatedShard(shard, "<none>", f"no sample at offset {offset}")
+    return sample.sample(shard, shard_index)
 
 
 def _draw(n: int, *words: int) -> int:
@@ -278,8 +530,10 @@ class ShardReader(BaseNode[RawSample]):
     every rank reads every shard and keeps samples ``rank::world_size``), then shuffles samples
     within a buffer of ``shuffle_buffer``. With a ``node_schedule`` (node-affine shards, see
     :mod:`streamfit.data.schedule`) the schedule decides instead which shards and samples the
-    rank reads. Across ranks every sample comes exactly once per epoch. Samples missing an image (or splats) or a caption, or with a 0-byte image, and the
-    rest of a truncated shard, are skipped and counted in ``stats``.
+    rank reads. Across ranks every sample comes exactly once per epoch. Samples missing an
+    image (or splats) or a caption, or with a 0-byte image, and those that damage to the
+    shard cost (:func:`shard_events`), are skipped and counted in ``stats`` (each by one
+    rank where ranks split a shard's samples).
 
     ``reset(None)`` starts the next epoch (the first is ``epoch``) after a finished one, and
     restarts the current epoch otherwise; :meth:`set_epoch` picks one explicitly.
@@ -316,6 +570,8 @@ class ShardReader(BaseNode[RawSample]):
         self._finished = False
         self._stream: Iterator[RawSample] | None = None
         self._buffer: list[RawSample] = []
+        self._offset = 0
+        self._previous: SampleTrace | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``reset(None)`` start ``epoch``."""
@@ -367,6 +623,8 @@ class ShardReader(BaseNode[RawSample]):
                 "changed); resuming it would repeat or skip samples"
             )
         self._shard, self._offset = int(state["shard"]), int(state["offset"])
+        previous = state.get("previous")
+        self._previous = (previous[0], frozenset(previous[1])) if previous else None
         self._seen, self._yielded = int(state["seen"]), int(state["yielded"])
         self._stream = None
         self._buffer = [read_sample_at(self._order[s], s, o) for s, o in state["buffer"]]
@@ -377,6 +635,7 @@ class ShardReader(BaseNode[RawSample]):
             "epoch": self.epoch,
             "shard": self._shard,
             "offset": self._offset,
+            "previous": [self._previous[0], sorted(self._previous[1])] if self._previous else None,
             "seen": self._seen,
             "yielded": self._yielded,
             "buffer": [list(s.position) for s in self._buffer],
@@ -421,36 +680,43 @@ class ShardReader(BaseNode[RawSample]):
 
     def _samples(self, handle: BinaryIO, shard: str) -> Iterator[RawSample]:
         with handle:
-            from_start, read = self._offset == 0, 0
+            events = shard_events(handle, shard, self._shard, self._offset, self._previous)
             try:
-                for sample in iter_tar_samples(handle, shard, self._shard, self._offset):
+                for event in events:
+                    # every sample and every loss takes an index, so that ranks splitting a
+                    # shard's samples agree which is whose, and a loss is counted by one rank
+                    self._seen += 1
+                    mine = self._owns(self._seen - 1)
+                    if isinstance(event, LostSamples):
+                        if mine:
+                            self.stats.skip(
+                                event.reason, shard, event.key, event.detail, count=event.count
+                            )
+                        continue
                     # the offset advances past a sample before it is judged, so a resumed
                     # reader neither re-reads nor re-counts it
-                    self._offset = sample.end
-                    self._seen += 1
-                    read += 1
-                    if (self._seen - 1) % self._plan.stride != self._plan.slot:
+                    self._offset, self._previous = event.end, event.trace
+                    if not mine:
                         continue
-                    reason = invalid_reason(sample)
+                    reason = invalid_reason(event)
                     if reason:
-                        self.stats.skip(reason, shard, sample.key, count=sample.copies)
+                        self.stats.skip(reason, shard, event.key, count=event.copies)
                         continue
-                    yield sample
-            except TruncatedShard as err:
-                if self._owns(self._seen):
-                    self.stats.skip(err.reason, shard, err.key, err.detail)
-                return
-            if from_start and not read and self._owns(self._shard):
-                self.stats.skip("empty_shard", shard, "<shard>", "a tar with no members")
+                    yield event
+            except OSError as err:  # a read failing part-way (a bad disk, a dropped connection)
+                if self._owns(self._seen - 1):
+                    detail = f"reading after byte {self._offset}: {err}"
+                    self.stats.skip("unreadable_shard", shard, "<rest>", detail)
 
     def _owns(self, index: int) -> bool:
-        """Whether this rank reports a problem of a shard several ranks read (a sample split),
-        so that skip counts summed over ranks count each problem once."""
+        """Whether sample ``index`` of a shard several ranks read (a sample split) is this
+        rank's, to yield or, for a problem, to count: summed over ranks, each counts once."""
         return index % self._plan.stride == self._plan.slot
 
     def _next_shard(self) -> None:
         self._shard += 1
         self._offset = 0
+        self._previous = None
         self._stream = None
 
 
@@ -509,63 +775,28 @@ def parse_meta(data: bytes) -> dict[str, Any]:
 
 def count_shard(shard: str) -> tuple[int, Counter[str]]:
     """``(usable samples, skip reason -> count)`` of one local shard, judged as the reader
-    judges it (:func:`member_reason`, truncation, non-tars) from the tar headers plus the
-    small ``.txt``/``.json`` members: fast, since image bytes are never read. Images that
-    will not decode are only found when decoding."""
+    judges it (:func:`shard_events` and :func:`member_reason`: damage, truncation, non-tars)
+    from the tar headers plus the small ``.txt``/``.json`` members: fast, since image bytes
+    are never read (a damaged stretch is scanned all the same). Images that will not decode
+    are only found when decoding."""
     skipped: Counter[str] = Counter()
-    path = _local_path(shard)
+    samples = 0
     try:
-        stream = open(path, "rb")  # noqa: SIM115 - closed below
+        stream = open(_local_path(shard), "rb")  # noqa: SIM115 - closed below
     except OSError as err:
         skipped[open_problem(err)] += 1
         return 0, skipped
-    samples = 0
-    key: str | None = None
-    sizes: dict[str, int] = {}
-    small: dict[str, bytes] = {}
-    copies: Counter[str] = Counter()
-
-    def judge() -> None:
-        nonlocal samples
-        if key is None:
-            return
-        reason = member_reason(
-            sizes, max(copies.values()), small.get(CAPTION_EXT), small.get(JSON_EXT)
-        )
-        if reason:
-            skipped[reason] += max(copies.values()) if reason == "duplicate_member" else 1
-        else:
-            samples += 1
-
     with stream:
-        reason, _ = _first_block_problem(stream.read(tarfile.BLOCKSIZE))
-        if reason:
-            skipped[reason] += 1
-            return 0, skipped
-        stream.seek(0)
-        size = os.fstat(stream.fileno()).st_size
         try:
-            with tarfile.open(fileobj=stream, mode="r:") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    member_key, ext = split_member_name(info.name)
-                    if member_key != key:
-                        judge()
-                        key, sizes, small, copies = member_key, {}, {}, Counter()
-                    if info.offset_data + info.size > size:
-                        raise tarfile.ReadError(f"member {info.name} cut short")
-                    sizes[ext] = info.size
-                    copies[ext] += 1
-                    if ext in (CAPTION_EXT, JSON_EXT) and info.size <= MAX_MEMBER_BYTES:
-                        small[ext] = tar.extractfile(info).read()  # type: ignore[union-attr]
-                end = tar.offset
-            if key is not None and not _end_marker_at(stream, end):
-                raise tarfile.ReadError("no end-of-archive marker")
-        except (tarfile.ReadError, EOFError, OSError):
-            skipped["truncated_shard"] += 1  # the sample being read is lost, as in the reader
-            return samples, skipped
-    if key is None:
-        skipped["empty_shard"] += 1
-    judge()
+            for event in shard_events(stream, shard, 0, read=read_text_members):
+                if isinstance(event, LostSamples):
+                    skipped[event.reason] += event.count
+                    continue
+                reason = invalid_reason(event)
+                if reason:
+                    skipped[reason] += event.copies
+                else:
+                    samples += 1
+        except OSError:
+            skipped["unreadable_shard"] += 1
     return samples, skipped

@@ -90,15 +90,18 @@ class LoaderStats:
             return self.current
 
     def skip(self, reason: str, shard: str, key: str, detail: str = "", count: int = 1) -> None:
-        """Count ``count`` skipped samples (one log line), naming shard and key."""
+        """Count ``count`` skipped samples (one log line), naming shard and key (``<shard>``:
+        the whole shard; ``<bytes A-B>``, ``<rest>``: a part of it no key names)."""
         with self._lock:
             self.current.skipped[reason] = self.current.skipped.get(reason, 0) + count
             self._warned[reason] += 1
             n = self._warned[reason]
         if n <= MAX_SKIP_WARNINGS:
             suffix = f": {detail}" if detail else ""
-            if key.startswith("<"):  # a whole shard (or the unnamed start of one)
+            if key == "<shard>":
                 logger.warning("skipped shard %s (%s)%s", shard, reason, suffix)
+            elif key.startswith("<"):  # a part of a shard with no sample key: <bytes A-B>, <rest>
+                logger.warning("skipped %s of shard %s (%s)%s", key[1:-1], shard, reason, suffix)
             else:
                 logger.warning("skipped sample %r in shard %s (%s)%s", key, shard, reason, suffix)
             if n == MAX_SKIP_WARNINGS:
