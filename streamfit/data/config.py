@@ -18,61 +18,73 @@ FIT_MODES = ("splats", "none")
 
 @dataclass
 class DataConfig:
-    """Settings of the shard -> decode -> fit -> tokenize graph.
-
-    ``shards``: local paths, brace patterns (``shards/{00000..00127}.tar``), webdataset URLs
-    (``pipe:``, ``http(s)://``, ...), several joined by ``::``.
-    ``split``: how ranks share an epoch: ``shard`` gives each rank whole shards (round robin
-    after the shuffle; needs at least ``world_size`` shards), ``sample`` has every rank read
-    every shard and keep every ``world_size``-th sample (for few, large shards).
-    ``schedule``: which shards each rank reads per epoch (:mod:`streamfit.data.schedule`):
-    ``node`` keeps a fixed, sample-balanced share of the shards on each node across epochs
-    (shuffled within the share every epoch) so the node-local splat cache serves later
-    epochs; ``global`` reshuffles all shards over all ranks every epoch; ``auto`` (default) is
-    ``node`` when the ranks span several nodes. ``ranks_per_node``: ranks sharing a node's
-    cache (0: ``LOCAL_WORLD_SIZE`` / ``LOCAL_SIZE`` from the launcher, else one node).
-    ``fit``: ``splats`` fits (or reads from the cache) the splats of every sample; ``none``
-    yields pixels only (``rgb``, no ``splats``, no cache, no fitting backend): RGB stages and
-    RGB evaluation.
-    ``cache_key``: ``content`` keys the splat cache by a hash of the encoded image bytes (safe
-    when sample keys repeat across datasets, as they do across img2dataset runs, which all
-    number their samples from ``000000000``), ``key`` by the shard's sample key (only for keys
-    unique over every shard the cache ever sees).
-    ``cache_max_bytes``: bound on stored splat bytes; least recently used entries go first.
-    ``splat_format``: how the cache stores splats (:mod:`streamfit.codec`): ``q64`` (8 bytes a
-    splat, colours re-solved for the quantised geometry) or ``fp16`` (16 bytes a splat). Part
-    of the cache's settings, and the format of splat shards written from this config. Batches
-    always carry the splats as stored, so a cached epoch and a fitted one are identical.
-    An empty ``cache_dir`` disables the cache (every sample is fitted every epoch).
-    """
+    """Settings of the shard -> decode -> fit -> tokenize graph."""
 
     shards: str = ""
+    """Local paths, brace patterns (``shards/{00000..00127}.tar``), webdataset URLs
+    (``pipe:``, ``http(s)://``, ...), several joined by ``::``."""
     image_size: int = 224
+    """Side of the square images the samples are resized and centre-cropped to."""
     decode_workers: int = 2
-    decode_method: str = "thread"  # thread | process
+    """Workers decoding images."""
+    decode_method: str = "thread"
+    """thread | process: what the decode workers are."""
     shuffle_buffer: int = 1000
+    """Samples in the shuffle buffer."""
     shuffle_shards: bool = True
+    """Shuffle the order of the shards every epoch."""
     seed: int = 0
-    split: str = "shard"  # shard | sample
-    schedule: str = "auto"  # auto | node | global
+    """Seed of the shuffles."""
+    split: str = "shard"
+    """How ranks share an epoch: ``shard`` gives each rank whole shards (round robin after the
+    shuffle; needs at least ``world_size`` shards), ``sample`` has every rank read every
+    shard and keep every ``world_size``-th sample (for few, large shards)."""
+    schedule: str = "auto"
+    """Which shards each rank reads per epoch (:mod:`streamfit.data.schedule`): ``node``
+    keeps a fixed, sample-balanced share of the shards on each node across epochs (shuffled
+    within the share) so the node-local splat cache serves later epochs; ``global``
+    reshuffles all shards over all ranks every epoch; ``auto`` is ``node`` when the ranks
+    span several nodes."""
     ranks_per_node: int = 0
-    fit: str = "splats"  # splats | none
+    """Ranks sharing a node's cache (0: ``LOCAL_WORLD_SIZE`` / ``LOCAL_SIZE`` from the
+    launcher, else one node)."""
+    fit: str = "splats"
+    """``splats`` fits (or reads from the cache) the splats of every sample; ``none`` yields
+    pixels only (``rgb``; no splats, no cache, no fitting backend)."""
     batch_size: int = 64
+    """Samples a batch on each rank."""
     drop_last: bool = False
+    """Drop an epoch's short last batch (counted as ``drop_last``)."""
     prefetch: int = 2
+    """Batches prepared ahead in a background thread (0: none)."""
     max_image_pixels: int = 40_000_000
+    """Larger images are skipped (decompression bombs)."""
     cache_dir: str = ""
+    """The splat cache's folder (empty: no cache, every sample is fitted every epoch)."""
     cache_max_bytes: int = 8 * 1024**3
-    cache_key: str = "content"  # content | key
-    splat_format: str = DEFAULT_FORMAT  # q64 | fp16
+    """Bound on stored splat bytes; the least recently used entries go first."""
+    cache_key: str = "content"
+    """``content`` keys the splat cache by a hash of the encoded image bytes (safe when
+    sample keys repeat across datasets, as across img2dataset runs), ``key`` by the sample
+    key (only for keys unique over every shard the cache ever sees)."""
+    splat_format: str = DEFAULT_FORMAT
+    """How the cache stores splats (:mod:`streamfit.codec`): ``q64`` (8 bytes a splat,
+    colours re-solved for the quantised geometry) or ``fp16`` (16). Part of the cache's
+    settings and the format of splat shards written from this config; batches always carry
+    the splats as stored, so a cached epoch and a fitted one are identical."""
     yield_rgb: bool = False
-    tokenizer: str = "ViT-M-16"  # any open_clip model name accepted by get_tokenizer
+    """Batches carry the pixels (``rgb``) too."""
+    tokenizer: str = "ViT-M-16"
+    """Any open_clip model name ``get_tokenizer`` accepts."""
     context_length: int = 77
-    log_every: int = 1  # batches between per-batch timing log lines (0: never)
-    # GPU only: the loader's device work (fits, uploads) on a CUDA stream of its own, or on
-    # the device's default stream (which training uses: fitting and training take turns)
-    fit_stream: str = "own"  # own | default
-    fit_graphs: bool = True  # GPU only: whole fits as CUDA graphs (eager when capture fails)
+    """Tokens a caption."""
+    log_every: int = 1
+    """Batches between per-batch timing log lines (0: never)."""
+    fit_stream: str = "own"
+    """GPU only: the loader's device work (fits, uploads) on a CUDA stream of its ``own``, or
+    on the device's ``default`` stream, which training uses (then they take turns)."""
+    fit_graphs: bool = True
+    """GPU only: whole fits as CUDA graphs (eager fits where a capture fails)."""
 
     def __post_init__(self) -> None:
         try:
