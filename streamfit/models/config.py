@@ -84,5 +84,8 @@ class RGBModelConfig:
     ``vision_cfg``/``text_cfg``) and weights (``pretrained``: tag or local file)."""
 
     model_name: str = "ViT-M-16"
+    """open_clip model name."""
     pretrained: str | None = None
+    """open_clip pretrained tag, or a local checkpoint path; None = random weights."""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Overrides passed to the open_clip model constructor."""

@@ -149,11 +149,17 @@ class RGBPretrainConfig:
     """``recipes/rgb_pretrain.py``: open_clip CLIP trained on RGB batches of the data graph."""
 
     run: RunConfig = field(default_factory=lambda: RunConfig(name="rgb_pretrain"))
+    """Where the run lives."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The optimisation loop."""
     data: DataConfig = field(default_factory=lambda: DataConfig(yield_rgb=True))
+    """The streaming data (pixels only)."""
     model: RGBModelConfig = field(default_factory=RGBModelConfig)
+    """The CLIP to train."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Zero-shot evaluation."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """The demo's dataset, written when ``data.shards`` matches nothing."""
 
 
 @dataclass
@@ -165,13 +171,21 @@ class AdaptConfig:
     """
 
     run: RunConfig = field(default_factory=lambda: RunConfig(name="gsclip_adapt"))
+    """Where the run lives."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The optimisation loop."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The streaming data, its splat cache and where fits run."""
     fit: FitConfig = field(default_factory=FitConfig)
+    """How the loader fits splats."""
     model: GSModelConfig = field(default_factory=GSModelConfig)
+    """GS-CLIP and its teacher."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Zero-shot evaluation."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """The demo's dataset, written when ``data.shards`` matches nothing."""
     teacher_config: str = ""
+    """An RGB pre-training config, run first when ``model.pretrained`` is unset."""
 
 
 def check_inputs(cfg: RGBPretrainConfig | AdaptConfig) -> None:
