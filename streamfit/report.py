@@ -1,5 +1,5 @@
 """Output of tools and recipes: log lines, JSON results written atomically, key/value summaries
-and aligned tables printed."""
+and aligned tables printed, PNG figures."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -85,14 +91,66 @@ def format_table(
     return "\n".join([join(header), rule, *(join(line) for line in cells)])
 
 
-def print_table(
-    header: Sequence[str],
-    rows: Iterable[Sequence[Any]],
-    formats: Sequence[str] = (),
-    markdown: bool = False,
-) -> None:
-    """Print :func:`format_table`."""
-    print(format_table(header, rows, formats, markdown))
+def print_table(*args: Any, **kwargs: Any) -> None:
+    """Print :func:`format_table` (same arguments)."""
+    print(format_table(*args, **kwargs))
+
+
+@contextmanager
+def png_figure(
+    path: str | Path, size: tuple[float, float] = (6, 4), grid: bool = True, dpi: int = 120
+) -> Iterator[Any]:
+    """One matplotlib axes to draw on, saved as a PNG at ``path`` (folders created, tight
+    layout) when the block ends, its figure closed. Drawn off-screen (the Agg backend): tools
+    run on machines with no display. ``size`` in inches; ``grid``: a light grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield ax
+        if grid:
+            ax.grid(True, alpha=0.3)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
+def splat_preview(original: torch.Tensor, recon: torch.Tensor, params: torch.Tensor) -> Image.Image:
+    """A PIL image of ``original | reconstruction | splat ellipses`` side by side: tensors
+    ``[H, W, 3]`` in 0..1, ``params [n, 8]`` of the valid splats; the ellipses are the
+    1-sigma contours in each splat's colour over the dimmed original."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from streamfit.render import cholesky_factors
+
+    def to_u8(t: torch.Tensor) -> np.ndarray:
+        return (t.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    h, w, _ = original.shape
+    canvas = Image.new("RGB", (3 * w, h))
+    canvas.paste(Image.fromarray(to_u8(original)), (0, 0))
+    canvas.paste(Image.fromarray(to_u8(recon)), (w, 0))
+    panel = Image.fromarray((to_u8(original) * 0.25).astype("uint8"))
+    draw = ImageDraw.Draw(panel)
+    l11, l21, l22 = (t.cpu() for t in cholesky_factors(params.float()))
+    angles = torch.linspace(0, 2 * math.pi, 17)
+    ex, ey = torch.cos(angles), torch.sin(angles)
+    for i in range(params.shape[0]):
+        x, y = params[i, 0].item(), params[i, 1].item()
+        xs = x + l11[i] * ex
+        ys = y + l21[i] * ex + l22[i] * ey
+        color = tuple(int(c) for c in (params[i, 5:8].clamp(0, 1) * 255).tolist())
+        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=color, width=1)
+        draw.point((x, y), fill=(255, 255, 255))
+    canvas.paste(panel, (2 * w, 0))
+    return canvas
 
 
 def _cell(value: Any, spec: str) -> str:

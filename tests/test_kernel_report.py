@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from streamfit.kernel_analysis import find_tool
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_kernels_compile_without_spills_and_predict_3000_images_per_s(tmp_path: Path):
-    sys.path.insert(0, str(REPO / "tools"))
-    from kernel_report import find_tool
-
     if find_tool("ptxas") is None or find_tool("nvdisasm") is None:
         pytest.skip("needs ptxas and nvdisasm")
     out = tmp_path / "kernels.json"

@@ -20,20 +20,18 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see fit_images.py
 
 import argparse
-import itertools
 import sys
-import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from streamfit import report
+from streamfit.benchmark import fit_in_batches
 from streamfit.cli import parse_tool_args, tool_parser
-from streamfit.data.local_images import ImageSource, iter_decoded
+from streamfit.data.local_images import load_images
 from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
-from streamfit.report import write_json
+from streamfit.report import png_figure, write_json
 
 # the settings the fitter used before adaptive init and exact colours
 OLD_SCHEDULE = dict(
@@ -84,34 +82,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
     return args, base
 
 
-def load_images(inputs: list[Path], limit: int, size: int) -> torch.Tensor:
-    """The first ``limit`` decodable images as ``[B, size, size, 3]``."""
-    decoded = iter_decoded(ImageSource(inputs), size, Counter())
-    images = [img for _, img in itertools.islice(decoded, limit)]
-    if not images:
-        raise SystemExit("no decodable images in the inputs")
-    return torch.stack(images)
-
-
 def measure(
     images: torch.Tensor, cfg: FitConfig, backend, batch: int
 ) -> tuple[float, float, float]:
     """``(mean PSNR, mean PSNR at iteration 0, fitting seconds per image)`` of fitting every
     image once; images that fail are left out of the means."""
-    psnrs, starts, seconds = [], [], 0.0
-    for i in range(0, len(images), batch):
-        start = time.perf_counter()
-        result = fit(images[i : i + batch], cfg, backend, record_psnr_at=(0,))
-        seconds += time.perf_counter() - start
-        psnrs += result.psnr[result.ok].tolist()
-        starts += result.psnr_history[0][result.ok].tolist()
-    mean = lambda v: sum(v) / max(1, len(v))  # noqa: E731
-    return mean(psnrs), mean(starts), seconds / len(images)
+    fits = fit_in_batches(images, cfg, backend, batch, record_psnr_at=(0,))
+    psnrs, starts = fits["psnr"], fits["psnr_at"][0]
+    return _mean(psnrs), _mean(starts), fits["seconds"] / len(images)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / max(1, len(values))
 
 
 def main(argv: list[str] | None = None) -> int:
     args, base = parse_args(argv)
     images = load_images(args.inputs, args.limit, args.size)
+    if not len(images):
+        raise SystemExit("no decodable images in the inputs")
     backend = get_backend(base.backend, base.device)
     budgets = [int(b) for b in args.budgets.split(",")]
     base = replace(base, backend=backend.name)
@@ -197,30 +186,21 @@ def print_table(summary: dict, budgets: list[int]) -> None:
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in summary["rows"]:
-        iters = sorted(int(k) for k in row["seconds"])
-        ax.plot(
-            [row["seconds"][str(i)] for i in iters],
-            [row["psnr"][str(i)] for i in iters],
-            marker="o",
-            label=row["variant"],
-        )
-    ax.axhline(summary["target_db"], color="grey", linestyle=":", label="target")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"fitting seconds per image ({summary['backend']} backend)")
-    ax.set_ylabel("mean PSNR (dB)")
-    ax.set_title(f"{summary['images']} photos, {summary['gaussians']} splats")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with png_figure(path, size=(7, 4.5)) as ax:
+        for row in summary["rows"]:
+            iters = sorted(int(k) for k in row["seconds"])
+            ax.plot(
+                [row["seconds"][str(i)] for i in iters],
+                [row["psnr"][str(i)] for i in iters],
+                marker="o",
+                label=row["variant"],
+            )
+        ax.axhline(summary["target_db"], color="grey", linestyle=":", label="target")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"fitting seconds per image ({summary['backend']} backend)")
+        ax.set_ylabel("mean PSNR (dB)")
+        ax.set_title(f"{summary['images']} photos, {summary['gaussians']} splats")
+        ax.legend(fontsize=7)
 
 
 if __name__ == "__main__":

@@ -43,29 +43,35 @@ from __future__ import annotations
 import os
 
 # Idle OpenMP threads of torch and of the Numba kernels share the cores; spinning ones steal
-# them from the threads doing work (a 10-50x slow-down on a busy 2-core machine). Must be set
-# before torch loads libgomp.
+# them from the threads doing work. Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
-from itertools import cycle, islice  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from streamfit.benchmark import (  # noqa: E402
+    FLOPS_PER_PAIR,
+    Fitters,
+    benchmark_images,
+    describe_machine,
+    matmul_gflops,
+    single_rate,
+    timed_fit,
+    torch_reference,
+    work_rates,
+)
 from streamfit.cli import parse_tool_args, tool_parser  # noqa: E402
 from streamfit.config import to_yaml  # noqa: E402
-from streamfit.fit import FitConfig, FitGraphs, fit_result, get_backend  # noqa: E402
-from streamfit.fit.backends import FitBackend  # noqa: E402
-from streamfit.hardware import peak_tflops, resolve_device  # noqa: E402
+from streamfit.fit import FitConfig, get_backend  # noqa: E402
+from streamfit.hardware import resolve_device  # noqa: E402
+from streamfit.report import png_figure, write_json  # noqa: E402
 from streamfit.report import print_table as print_table_rows  # noqa: E402
-from streamfit.report import write_json  # noqa: E402
 
 DEFAULT_SHARDS = (
     Path(__file__).resolve().parents[2] / "shared/data/imagenet-sample/train-000000.tar"
@@ -74,9 +80,6 @@ GRIDS = {  # device -> (batches, gaussians)
     "cuda": ("1,16,64,256,1024,4096", "400,1024,2025,3136"),
     "cpu": ("1,8", "400"),
 }
-# CPU work unit: FLOPs per cut-off (pixel, splat) pair of one iteration, forward and backward
-FLOPS_PER_PAIR = 50
-MATMUL_SIZE = 1024  # float32 matmul of this size measures what the CPU cores sustain
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,173 +140,13 @@ def _ints(text: str) -> list[int]:
         raise ValueError(f"expected a comma list of integers, got {text!r}") from None
 
 
-# ---------------------------------------------------------------------------------- images
-def load_images(count: int, size: int, shards: list[Path] | None) -> tuple[torch.Tensor, str]:
-    """``[count, size, size, 3]`` float32 CPU images and a description of where they came from."""
-    if shards:
-        from streamfit.data.local_images import ImageSource, iter_decoded
-
-        source = ImageSource(list(shards))
-        unique = [img for _, img in islice(iter_decoded(source, size, source.skipped), count)]
-        if unique:
-            images = torch.stack(list(islice(cycle(unique), count)))
-            return images, f"{len(unique)} photos from {', '.join(s.name for s in shards)}"
-    return synthetic_images(count, size), "synthetic smooth images"
-
-
-def synthetic_images(count: int, size: int, blobs: int = 24) -> torch.Tensor:
-    """Sums of random coloured Gaussian blobs and a gradient: photo-like frequency content."""
-    g = torch.Generator().manual_seed(0)
-    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    images = torch.empty(count, size, size, 3)
-    for b in range(count):
-        img = (
-            torch.rand(3, generator=g) * 0.3
-            + (xs / size)[..., None] * torch.rand(3, generator=g) * 0.3
-        )
-        for _ in range(blobs):
-            cx, cy = torch.rand(2, generator=g) * size
-            sigma = size * (0.01 + 0.08 * torch.rand(1, generator=g))
-            blob = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2))
-            img = img + blob[..., None] * (torch.rand(3, generator=g) - 0.4)
-        images[b] = img.clamp(0, 1)
-    return images
-
-
-# ---------------------------------------------------------------------------------- timing
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Fitters:
-    """One fitter per fit config: a :class:`FitGraphs` (CUDA graphs of whole fits on a GPU,
-    captured by the first fit of a batch shape; eager with ``graphs=False`` or on a CPU)."""
-
-    def __init__(self, graphs: bool) -> None:
-        self.graphs = graphs
-        self._fitters: dict[tuple[str, str], FitGraphs] = {}
-
-    def __call__(self, cfg: FitConfig, backend: FitBackend) -> FitGraphs:
-        key = (cfg.settings_hash(), backend.name)
-        if key not in self._fitters:
-            self._fitters[key] = FitGraphs(cfg, backend, enabled=self.graphs)
-        return self._fitters[key]
-
-
-def timed_fit(
-    images: torch.Tensor,
-    cfg: FitConfig,
-    backend: FitBackend,
-    repeats: int = 1,
-    fitters: Fitters | None = None,
-) -> tuple[float, torch.Tensor]:
-    """Seconds of a synchronised fit (the fastest of ``repeats``: other load on the machine
-    only ever adds time) and the per-image PSNR ``[B]``."""
-    images = images.to(backend.device)
-    fitter = (fitters or Fitters(False))(cfg, backend)
-    best = math.inf
-    for _ in range(repeats):
-        _sync(backend.device)
-        start = time.perf_counter()
-        result = fit_result(fitter(images), images.shape[1], images.shape[2], cfg.iters, start)
-        _sync(backend.device)
-        best = min(best, time.perf_counter() - start)
-    return best, result.psnr
-
-
-def iteration_seconds(
-    images: torch.Tensor, cfg: FitConfig, backend: FitBackend, repeats: int, fitters: Fitters
-) -> float:
-    """Seconds of ``cfg.iters`` fitting iterations of ``images``, without the fixed costs of
-    a fit (see the module docstring)."""
-    plain = replace(cfg, colour_solve="none")
-    timed_fit(images, plain, backend, 1, fitters)  # warm-up (a graph's capture)
-    with_iters, _ = timed_fit(images, plain, backend, repeats, fitters)
-    setup = replace(plain, iters=0)
-    timed_fit(images, setup, backend, 1, fitters)
-    fixed, _ = timed_fit(images, setup, backend, repeats, fitters)
-    return max(with_iters - fixed, 1e-9)
-
-
-def single_rate(
-    images: torch.Tensor, cfg: FitConfig, backend: FitBackend, repeats: int, fitters: Fitters
-) -> float:
-    """Images/s fitting each image on its own."""
-    timed_fit(images[:1], cfg, backend, 1, fitters)  # warm-up (a graph's capture)
-    one = [
-        timed_fit(images[i : i + 1], cfg, backend, repeats, fitters)[0] for i in range(len(images))
-    ]
-    return len(images) / sum(one)
-
-
-def torch_reference(
-    images: torch.Tensor, cfg: FitConfig, backend: FitBackend, repeats: int
-) -> dict[str, float]:
-    """The ``torch`` reference and ``backend`` fitting the same ``images`` with the same
-    ``cfg`` (its ``iters``) and ``repeats``: each one's seconds (fastest), their ratio and our
-    mean PSNR minus the reference's."""
-    reference = get_backend("torch", str(backend.device))
-    torch_s, torch_psnr = timed_fit(images, replace(cfg, backend="torch"), reference, repeats)
-    our_s, our_psnr = timed_fit(images, cfg, backend, repeats)
-    return {
-        "torch_seconds": torch_s,
-        "our_seconds": our_s,
-        "speedup": torch_s / our_s,
-        "psnr_delta": float(our_psnr.nanmean() - torch_psnr.nanmean()),
-    }
-
-
-def flop_count(backend: FitBackend, images: torch.Tensor, cfg: FitConfig) -> int | None:
-    """FLOPs of one iteration of the CUDA kernels on this batch (initial splats)."""
-    if not hasattr(backend, "tile_entries"):
-        return None
-    from cuda_kernels.gpu import flops_per_iteration
-    from streamfit.fit.fitter import initial_params
-
-    target = images.to(backend.device)
-    params = initial_params(target, cfg, backend)
-    mask = torch.ones(params.shape[:2], dtype=torch.bool, device=backend.device)
-    _, height, width, _ = images.shape
-    entries = backend.tile_entries(params, mask, height, width)
-    return flops_per_iteration(
-        entries, backend.tile, mask.numel(), images.shape[0] * height * width
-    )
-
-
-def cutoff_pairs(backend: FitBackend, images: torch.Tensor, cfg: FitConfig) -> float | None:
-    """Mean (pixel, splat) pairs inside the cut-off per image of the initial splats."""
-    if not hasattr(backend, "cutoff_pairs"):
-        return None
-    from streamfit.fit.fitter import initial_params
-
-    params = initial_params(images.to(backend.device), cfg, backend)
-    mask = torch.ones(params.shape[:2], dtype=torch.bool, device=backend.device)
-    _, height, width, _ = images.shape
-    return float(backend.cutoff_pairs(params, mask, height, width).double().mean())
-
-
-def matmul_gflops(size: int = MATMUL_SIZE, repeats: int = 10) -> float:
-    """GFLOP/s of a float32 ``size x size`` matmul on the CPU, the fastest of ``repeats``
-    (with torch's threads: all the cores the fit uses)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
-    torch.mm(a, b, out=out)
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
-
-
 # ---------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     base = replace(args.fit, device=args.device)
     print(to_yaml(base), file=sys.stderr)
     device = torch.device(args.device)
-    images, origin = load_images(
+    images, origin = benchmark_images(
         max(args.batches + [args.single_images, args.torch_images]), args.size, args.shards
     )
     machine = describe_machine(device)
@@ -367,24 +210,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "gflops": None,
             "matmul_gflops": None,
         }
-        if device.type == "cuda":
-            flops = flop_count(backend, images[:batch], cfg)
-            if flops is not None:
-                iter_s = iteration_seconds(images[:batch], cfg, backend, args.repeats, fitters)
-                row["iteration_seconds"] = iter_s
-                row["flops_per_iter"] = flops
-                row["tflops"] = flops * args.iters / iter_s / 1e12
-                peak = args.peak_tflops or peak_tflops(device, "fp32")
-                row["peak_fraction"] = row["tflops"] / peak if peak else None
-        else:
-            pairs = cutoff_pairs(backend, images[:batch], cfg)
-            if pairs is not None:
-                iter_s = iteration_seconds(images[:batch], cfg, backend, args.repeats, fitters)
-                row["iteration_seconds"] = iter_s
-                row["cutoff_pairs_per_image"] = pairs
-                row["flops_per_iter"] = round(pairs * FLOPS_PER_PAIR * batch)
-                row["gflops"] = row["flops_per_iter"] * args.iters / iter_s / 1e9
-                row["tflops"] = row["gflops"] / 1e3
+        row.update(
+            work_rates(images[:batch], cfg, backend, args.repeats, fitters, args.peak_tflops)
+        )
         rows.append(row)
 
     if matmul is not None:  # the best of before and after: load only ever slows it down
@@ -399,14 +227,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.plot:
         plot(rows, args.plot)
     return rows
-
-
-def describe_machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{platform.machine()} CPU, {cores} cores, load average {load:.1f} at start"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -436,36 +256,20 @@ def print_table(rows: list[dict]) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, n in sorted({(r["backend"], r["gaussians"]) for r in rows}):
-        sel = sorted(
-            (
-                r
-                for r in rows
-                if r["backend"] == name and r["gaussians"] == n and r["speedup_vs_single"]
-            ),
-            key=lambda r: r["batch"],
-        )
-        ax.plot(
-            [r["batch"] for r in sel],
-            [r["speedup_vs_single"] for r in sel],
-            marker="o",
-            label=f"{name}, {n} splats",
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("speed-up over per-image fitting")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png_figure(path) as ax:
+        for name, n in sorted({(r["backend"], r["gaussians"]) for r in rows}):
+            sel = [r for r in rows if (r["backend"], r["gaussians"]) == (name, n)]
+            sel = sorted((r for r in sel if r["speedup_vs_single"]), key=lambda r: r["batch"])
+            ax.plot(
+                [r["batch"] for r in sel],
+                [r["speedup_vs_single"] for r in sel],
+                marker="o",
+                label=f"{name}, {n} splats",
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("speed-up over per-image fitting")
+        ax.legend()
 
 
 if __name__ == "__main__":

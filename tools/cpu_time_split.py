@@ -83,22 +83,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Split
 
 def measure(cfg: SplitConfig) -> dict[str, float]:
     """Stage times of the kernels importable from the working directory (ms per image)."""
-    import math
-    import time
-
     import numpy as np
     import torch
 
     from cuda_kernels import cpu as kernels
+    from streamfit.benchmark import benchmark_images, fastest
     from streamfit.fit import FitConfig
     from streamfit.fit.backends.cpu import CpuBackend, reduce_parts, warm_up
     from streamfit.fit.fitter import initial_params
-
-    sys.path.insert(0, str(ROOT / "tools"))
-    from benchmark_fit import load_images
+    from streamfit.kernel_analysis import fma_counts
 
     warm_up()
-    images, _ = load_images(
+    images, _ = benchmark_images(
         cfg.batch, cfg.size, [Path(cfg.shard)] if Path(cfg.shard).is_file() else None
     )
     backend = CpuBackend()
@@ -143,34 +139,11 @@ def measure(cfg: SplitConfig) -> dict[str, float]:
         "adam_step": lambda: backend.adam_step(params, *zeros, torch.zeros(8), 1, (0.9, 0.99)),
         "loss_and_grad (backend)": lambda: backend.loss_and_grad(params, mask, images),
     }
-    times = {f"asm: {k}": v for k, v in instruction_counts(kernels.raster_tiles).items()}
+    times = {f"asm: {k}": v for k, v in fma_counts(kernels.raster_tiles).items()}
     for name, call in stages.items():
         call()
-        best = math.inf
-        for _ in range(cfg.repeats):
-            start = time.perf_counter()
-            call()
-            best = min(best, time.perf_counter() - start)
-        times[name] = best * 1e3 / cfg.batch
+        times[name] = fastest(call, cfg.repeats) * 1e3 / cfg.batch
     return times
-
-
-def instruction_counts(kernel) -> dict[str, int]:
-    """Packed (``ymm``/``zmm``) and scalar single-precision FMAs in ``kernel``'s compiled code
-    (all its stages, inlined or not): the evidence that the pixel loops are vectorised.
-    Empty when the code came from the on-disk cache (Numba cannot show that)."""
-    import re
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        asm = "".join(kernel.inspect_asm().values())
-    if len(asm) < 100:
-        return {}
-    return {
-        "packed FMA (ymm/zmm)": len(re.findall(r"vfn?m(?:add|sub)\w*ps\s[^\n]*%[yz]mm", asm)),
-        "scalar FMA": len(re.findall(r"vfn?m(?:add|sub)\w*ss\s", asm)),
-    }
 
 
 def variant_times(cfg: SplitConfig, name: str) -> dict[str, float]:

@@ -20,7 +20,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import itertools
 import logging
-import math
 import sys
 import time
 from collections import Counter
@@ -29,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from streamfit import report
@@ -39,8 +37,7 @@ from streamfit.data.local_images import ImageSource, iter_decoded
 from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
 from streamfit.fit.config import COLOUR_SOLVES, INITS
 from streamfit.fit.init import check_splat_count
-from streamfit.render import cholesky_factors
-from streamfit.report import write_json
+from streamfit.report import splat_preview, write_json
 from streamfit.splats import BYTES_PER_SPLAT, compression_ratio
 
 # Below this side an image is a handful of pixels: nothing a splat fit can show.
@@ -113,30 +110,6 @@ def fittable(
             skipped["too_small"] += 1
             continue
         yield key, image
-
-
-def preview(original: torch.Tensor, recon: torch.Tensor, params: torch.Tensor) -> Image.Image:
-    """``original | reconstruction | splat ellipses`` side by side; tensors ``[H, W, 3]``,
-    ``params [n, 8]`` of the valid splats. Ellipses are the 1-sigma contours in splat colour."""
-    h, w, _ = original.shape
-    to_u8 = lambda t: (t.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # noqa: E731
-    canvas = Image.new("RGB", (3 * w, h))
-    canvas.paste(Image.fromarray(to_u8(original)), (0, 0))
-    canvas.paste(Image.fromarray(to_u8(recon)), (w, 0))
-    panel = Image.fromarray((to_u8(original) * 0.25).astype(np.uint8))
-    draw = ImageDraw.Draw(panel)
-    l11, l21, l22 = (t.cpu() for t in cholesky_factors(params.float()))
-    angles = torch.linspace(0, 2 * math.pi, 17)
-    for i in range(params.shape[0]):
-        x, y = params[i, 0].item(), params[i, 1].item()
-        ex, ey = torch.cos(angles), torch.sin(angles)
-        xs = x + l11[i] * ex
-        ys = y + l21[i] * ex + l22[i] * ey
-        color = tuple(int(c) for c in (params[i, 5:8].clamp(0, 1) * 255).tolist())
-        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=color, width=1)
-        draw.point((x, y), fill=(255, 255, 255))
-    canvas.paste(panel, (2 * w, 0))
-    return canvas
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +212,7 @@ def fit_group(group, cfg, backend, record_at, curves, args) -> list[dict]:
             splats.select([b]).save(stem.with_suffix(".splats"), keys=[key])
             if recon is not None:
                 params = splats.params[b][splats.mask[b]]
-                preview(images[b], recon[b], params).save(stem.with_suffix(".png"))
+                splat_preview(images[b], recon[b], params).save(stem.with_suffix(".png"))
     return rows
 
 

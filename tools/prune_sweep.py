@@ -18,20 +18,18 @@ import os
 # them from the threads doing work. Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import itertools
 import sys
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
+from streamfit.benchmark import fit_in_batches
 from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.config import to_yaml
-from streamfit.data.local_images import ImageSource, iter_decoded
-from streamfit.fit import BACKENDS, FitConfig, fit, get_backend
-from streamfit.report import print_table, write_json
+from streamfit.data.local_images import load_images
+from streamfit.fit import BACKENDS, FitConfig, get_backend
+from streamfit.report import png_figure, print_table, write_json
 from streamfit.splats import compression_ratio
 
 
@@ -51,21 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     args, base = parse_tool_args(parser, FitConfig, argv, defaults=["iters=200"])
     thresholds = [float(t) for t in args.thresholds.split(",")]
 
-    skipped: Counter = Counter()
-    decoded = iter_decoded(ImageSource(args.inputs, skipped), args.size, skipped)
-    images = torch.stack([img for _, img in itertools.islice(decoded, args.limit)])
+    images = load_images(args.inputs, args.limit, args.size)
+    if not len(images):
+        print(f"error: no decodable images in {', '.join(map(str, args.inputs))}", file=sys.stderr)
+        return 1
     print(to_yaml(base), end="", file=sys.stderr)
     backend = get_backend(base.backend, base.device)
 
     rows = []
     for threshold in tqdm(thresholds, desc="thresholds"):
         cfg = replace(base, prune_luminance=threshold, l1=base.l1 if threshold > 0 else 0.0)
-        psnrs, counts = [], []
-        for start in range(0, len(images), args.batch):
-            result = fit(images[start : start + args.batch], cfg, backend)
-            ok = result.ok
-            psnrs += result.psnr[ok].tolist()
-            counts += result.splats.counts().cpu()[ok].tolist()
+        fits = fit_in_batches(images, cfg, backend, args.batch)
+        psnrs, counts = fits["psnr"], fits["splats"]
         rows.append(
             {
                 "prune_luminance": threshold,
@@ -112,25 +107,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    xs = [r["pruned_fraction"] * 100 for r in rows]
-    ax.plot(xs, [r["mean_psnr"] for r in rows], "o-", color="tab:blue")
-    for r, x in zip(rows, xs, strict=True):
-        ax.annotate(f"T={r['prune_luminance']:g}", (x, r["mean_psnr"]), fontsize=7)
-    ax.set_xlabel("splats pruned (%)")
-    ax.set_ylabel("mean PSNR (dB)", color="tab:blue")
-    twin = ax.twinx()
-    twin.plot(xs, [r["compression_ratio"] for r in rows], "s--", color="tab:orange")
-    twin.set_ylabel("compression ratio (x)", color="tab:orange")
-    ax.set_title("luminance pruning sweep")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with png_figure(path, size=(5, 3.2), grid=False) as ax:
+        xs = [r["pruned_fraction"] * 100 for r in rows]
+        ax.plot(xs, [r["mean_psnr"] for r in rows], "o-", color="tab:blue")
+        for r, x in zip(rows, xs, strict=True):
+            ax.annotate(f"T={r['prune_luminance']:g}", (x, r["mean_psnr"]), fontsize=7)
+        ax.set_xlabel("splats pruned (%)")
+        ax.set_ylabel("mean PSNR (dB)", color="tab:blue")
+        twin = ax.twinx()
+        twin.plot(xs, [r["compression_ratio"] for r in rows], "s--", color="tab:orange")
+        twin.set_ylabel("compression ratio (x)", color="tab:orange")
+        ax.set_title("luminance pruning sweep")
 
 
 if __name__ == "__main__":

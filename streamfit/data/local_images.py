@@ -3,6 +3,7 @@ tensors: what the offline tools (fitting, sweeps) read. Bad files are skipped an
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tarfile
 from collections import Counter
@@ -103,3 +104,12 @@ def iter_decoded(
         except BadImage as err:
             log.warning("skipping %s: %s", key, err)
             skipped[str(err).split(":")[0]] += 1
+
+
+def load_images(inputs: list[Path], count: int, size: int) -> torch.Tensor:
+    """The first ``count`` decodable images of ``inputs`` (files, folders, shards), resized
+    and centre-cropped: ``[n, size, size, 3]`` float32 in 0..1 on the CPU; ``n`` is 0 when
+    nothing decodes (what is skipped is logged)."""
+    source = ImageSource(list(inputs))
+    images = [img for _, img in itertools.islice(iter_decoded(source, size, source.skipped), count)]
+    return torch.stack(images) if images else torch.empty(0, size, size, 3)
