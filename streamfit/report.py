@@ -82,10 +82,8 @@ def format_table(
         return "\n".join(f"| {' | '.join(line)} |" for line in [list(header), rule, *cells])
 
     def join(line: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if num else c.ljust(w)
-            for c, w, num in zip(line, widths, numeric, strict=True)
-        ).rstrip()
+        aligned = zip(line, widths, numeric, strict=True)
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in aligned).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([join(header), rule, *(join(line) for line in cells)])

@@ -15,9 +15,9 @@ and a PNG of mean PSNR against fitting seconds per image (``--plot``).
 
 from __future__ import annotations
 
-import os
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see fit_images.py
+# isort: split
 
 import argparse
 import sys

@@ -40,22 +40,20 @@ smooth synthetic images.
 
 from __future__ import annotations
 
-import os
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
 
-# Idle OpenMP threads of torch and of the Numba kernels share the cores; spinning ones steal
-# them from the threads doing work. Must be set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# isort: split
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch
+from tqdm.auto import tqdm
 
-from streamfit.benchmark import (  # noqa: E402
+from streamfit.benchmark import (
     FLOPS_PER_PAIR,
     Fitters,
     benchmark_images,
@@ -66,12 +64,12 @@ from streamfit.benchmark import (  # noqa: E402
     torch_reference,
     work_rates,
 )
-from streamfit.cli import parse_tool_args, tool_parser  # noqa: E402
-from streamfit.config import to_yaml  # noqa: E402
-from streamfit.fit import FitConfig, get_backend  # noqa: E402
-from streamfit.hardware import resolve_device  # noqa: E402
-from streamfit.report import png_figure, write_json  # noqa: E402
-from streamfit.report import print_table as print_table_rows  # noqa: E402
+from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.config import to_yaml
+from streamfit.fit import FitConfig, get_backend
+from streamfit.hardware import resolve_device
+from streamfit.report import png_figure, write_json
+from streamfit.report import print_table as print_table_rows
 
 DEFAULT_SHARDS = (
     Path(__file__).resolve().parents[2] / "shared/data/imagenet-sample/train-000000.tar"

@@ -19,6 +19,10 @@ jobs only ever adds time; one thread by default, so they are per-core costs):
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import argparse
 import json
 import os
@@ -170,7 +174,6 @@ def _run(cfg: SplitConfig, kernels_root: Path, cache: Path) -> dict[str, float]:
         PYTHONPATH=os.pathsep.join([str(kernels_root), str(ROOT)]),
         NUMBA_NUM_THREADS=str(cfg.threads),
         NUMBA_CACHE_DIR=str(cache),
-        OMP_WAIT_POLICY="PASSIVE",
     )
     command = [sys.executable, __file__, "--measure", *_forwarded(cfg)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

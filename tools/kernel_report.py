@@ -17,6 +17,10 @@ are predictions until ``tools/benchmark_fit.py`` measures them on a GPU.
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import argparse
 import tempfile
 from pathlib import Path

@@ -14,6 +14,10 @@ offline in seconds.
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import dataclasses
 import sys
 from collections.abc import Sequence

@@ -26,6 +26,10 @@ check against the run right after is off by more than 25%.
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import argparse
 import sys
 from dataclasses import asdict

@@ -12,11 +12,9 @@ Fits the same images once per threshold (and optional L1 weight) and prints a ta
 
 from __future__ import annotations
 
-import os
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
 
-# Idle OpenMP threads of torch and of the Numba kernels share the cores; spinning ones steal
-# them from the threads doing work. Must be set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# isort: split
 
 import sys
 from dataclasses import replace
