@@ -19,27 +19,39 @@ from typing import Any
 import torch
 from PIL import Image
 
+from streamfit.benchmark import synthetic_images, timed_fit
 from streamfit.config import load_config, to_yaml
 from streamfit.data import DataConfig, build_loader
 from streamfit.data.decode import decode_image
 from streamfit.data.local_images import ImageSource, load_images
 from streamfit.data.synthetic import write_synthetic_dataset
+from streamfit.eval import zero_shot, zero_shot_setup
 from streamfit.fit import FitConfig, get_backend
+from streamfit.models import build_gs_clip, load_teacher
 from streamfit.plan import LIVE_DEMO, PRESETS, Dataset, Rates, Recipe, fit_rate_from_json
+from streamfit.train.checkpoint import save_checkpoint, save_weights
 from streamfit.train.config import AdaptConfig
+from streamfit.train.distributed import init_distributed
+from streamfit.train.engine import clips_itself
+from streamfit.train.loop import build_trainer_engine, train_step
+from streamfit.train.loss import contrastive_loss
+from streamfit.train.metrics import StepTimer
+from streamfit.train.run import lockstep
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "recipes" / "configs" / "tiny_cpu.yaml"
-DECODE_SAMPLES = 100  # images decoded to time decoding
+DECODE_IMAGES = 32  # JPEGs decoded to time decoding
 
 
 def demo_config() -> AdaptConfig:
+    """The offline demo's settings (``recipes/configs/tiny_cpu.yaml``)."""
     return load_config(AdaptConfig, str(DEMO_CONFIG), [])
 
 
 def decode_rate(blobs: list[bytes], size: int, max_pixels: int) -> float:
     """Images/s decoding and resizing ``blobs`` to ``size`` on one thread, as the loader
-    decodes (:func:`streamfit.data.decode.decode_image`)."""
+    decodes (:func:`streamfit.data.decode.decode_image`), after one decode to warm up."""
+    decode_image(blobs[0], size, max_pixels)
     start = time.perf_counter()
     for blob in blobs:
         decode_image(blob, size, max_pixels)
@@ -61,18 +73,16 @@ def measure_cpu_rates(rates: Rates, data: Dataset, recipe: Recipe) -> Rates:
     """Fill the CPU rates ``rates`` lacks, measured here: decoding synthetic JPEGs of the
     dataset's typical size to the recipe's, and the demo's cached loader path on a small
     synthetic set (its cost is per sample: reading, hashing, looking up, tokenizing)."""
-    from streamfit.benchmark import synthetic_images
-
     cfg = demo_config()
     if not rates.decode:
         side = round(data.source_pixels**0.5)
         blobs = []
-        for image in synthetic_images(DECODE_SAMPLES // 4, side):
+        for image in synthetic_images(DECODE_IMAGES, side):
             out = io.BytesIO()
             Image.fromarray((image * 255).byte().numpy()).save(out, "JPEG", quality=90)
             blobs.append(out.getvalue())
-        rates.decode = decode_rate(blobs * 4, recipe.image_size, cfg.data.max_image_pixels)
-        rates.sources["decode"] = f"{len(blobs) * 4} synthetic {side}x{side} JPEGs, measured here"
+        rates.decode = decode_rate(blobs, recipe.image_size, cfg.data.max_image_pixels)
+        rates.sources["decode"] = f"{len(blobs)} synthetic {side}x{side} JPEGs, measured here"
     if not rates.loader:
         with tempfile.TemporaryDirectory() as tmp:
             size, batch = cfg.data.image_size, cfg.data.batch_size
@@ -102,13 +112,6 @@ def gs_train_rate(
     over ``epochs - 1`` epochs read from the cache, leaving out the first epoch (it fits and
     warms up) and each epoch's first step (the loader's start). Returns (rate, engine,
     loader)."""
-    from streamfit.models import build_gs_clip
-    from streamfit.train.engine import clips_itself
-    from streamfit.train.loop import build_trainer_engine, train_step
-    from streamfit.train.loss import contrastive_loss
-    from streamfit.train.metrics import StepTimer
-    from streamfit.train.run import lockstep
-
     model = build_gs_clip(replace(cfg.model, pretrained=None))
     groups = model.param_groups(cfg.train.lr, cfg.train.weight_decay)
     engine, precision = build_trainer_engine(model, groups, cfg.train, data_cfg, world, device)
@@ -144,11 +147,6 @@ def measure_demo_rates(tmp: str, fit_json: Path | None) -> tuple[Rates, float]:
     (:func:`gs_train_rate`), evaluation (the recipe's zero-shot evaluation once its splats are
     cached) and one checkpoint. Returns (rates, seconds a checkpoint takes); CPU rates are
     per core."""
-    from streamfit.benchmark import timed_fit
-    from streamfit.eval import zero_shot, zero_shot_setup
-    from streamfit.train.checkpoint import save_checkpoint
-    from streamfit.train.distributed import init_distributed
-
     # torch's intra-op threads, read before the Numba kernels first run: in this process
     # they share one OpenMP runtime, and torch was seen training on 1 thread after them
     threads = torch.get_num_threads()
@@ -214,9 +212,6 @@ def demo_check_live(fit_json: Path | None) -> dict:
     fresh cache, in a subprocess), on the same synthetic set right after: rates and run see
     the same machine load. Returns the rates, the checkpoint seconds and the run's
     ``stage_seconds``."""
-    from streamfit.models import load_teacher
-    from streamfit.train.checkpoint import save_weights
-
     cfg = demo_config()
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic_dataset(
