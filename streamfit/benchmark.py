@@ -179,6 +179,77 @@ def torch_reference(
     }
 
 
+# ---------------------------------------------------------------------------------- rows
+def baselines(
+    images: torch.Tensor,
+    cfg: FitConfig,
+    backend: FitBackend,
+    repeats: int,
+    fitters: Fitters,
+    single_images: int,
+    torch_images: int,
+) -> dict[str, Any]:
+    """What the rows of one backend and splat count compare with, measured once: the seconds
+    of a first fit (compiling or loading the kernels), images/s fitting ``single_images``
+    images one at a time (0: not measured) and the ``torch`` reference on ``torch_images``
+    (:func:`torch_reference`; 0, or the torch backend itself: not measured)."""
+    start = time.perf_counter()
+    timed_fit(images[:1], replace(cfg, iters=2), backend)
+    out: dict[str, Any] = {"warmup_s": time.perf_counter() - start, "single": None, "torch": {}}
+    if single_images:
+        out["single"] = single_rate(images[:single_images], cfg, backend, repeats, fitters)
+    if torch_images and backend.name != "torch":
+        out["torch"] = torch_reference(images[:torch_images], cfg, backend, repeats)
+        out["torch_images"] = torch_images
+    return out
+
+
+def benchmark_row(
+    images: torch.Tensor,
+    cfg: FitConfig,
+    backend: FitBackend,
+    repeats: int,
+    fitters: Fitters,
+    base: dict[str, Any],
+    machine: str,
+    peak: float | None = None,
+) -> dict[str, Any]:
+    """One row of ``tools/benchmark_fit.py`` (its docstring defines the fields; the run
+    planner and the GPU check read them): a fit of all ``images [B, S, S, 3]`` after a
+    warm-up (a graph's capture), the fastest of ``repeats``, against ``base``
+    (:func:`baselines`), and the work it does (:func:`work_rates`)."""
+    batch, size = images.shape[0], images.shape[1]
+    timed_fit(images, cfg, backend, 1, fitters)
+    seconds, psnr = timed_fit(images, cfg, backend, repeats, fitters)
+    rate, single, reference = batch / seconds, base["single"], base["torch"]
+    row = {
+        "backend": backend.name,
+        "device": machine,
+        "batch": batch,
+        "gaussians": cfg.gaussians,
+        "iters": cfg.iters,
+        "height": size,
+        "width": images.shape[2],
+        "images_per_s": rate,
+        "ms_per_iter_image": seconds * 1e3 / (cfg.iters * batch),
+        "psnr": float(psnr.nanmean()),
+        "seconds": seconds,
+        "graph": fitters(cfg, backend).enabled,
+        "warmup_s": base["warmup_s"],
+        "single_images_per_s": single,
+        "speedup_vs_single": rate / single if single else None,
+        "torch_seconds": reference.get("torch_seconds"),
+        "torch_our_seconds": reference.get("our_seconds"),
+        "speedup_vs_torch": reference.get("speedup"),
+        "psnr_delta_vs_torch": reference.get("psnr_delta"),
+        "torch_images": base.get("torch_images"),
+    }
+    keys = ("iteration_seconds", "flops_per_iter", "tflops", "peak_fraction")
+    row.update(dict.fromkeys((*keys, "cutoff_pairs_per_image", "gflops", "matmul_gflops")))
+    row.update(work_rates(images, cfg, backend, repeats, fitters, peak))
+    return row
+
+
 # ---------------------------------------------------------------------------------- work
 def work_rates(
     images: torch.Tensor,

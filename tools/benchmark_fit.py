@@ -46,7 +46,6 @@ import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runt
 
 import argparse
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,13 +55,11 @@ from tqdm.auto import tqdm
 from streamfit.benchmark import (
     FLOPS_PER_PAIR,
     Fitters,
+    baselines,
     benchmark_images,
+    benchmark_row,
     describe_machine,
     matmul_gflops,
-    single_rate,
-    timed_fit,
-    torch_reference,
-    work_rates,
 )
 from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.config import to_yaml
@@ -160,57 +157,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         progress.set_postfix(backend=name, gaussians=n, batch=batch)
         backend = get_backend(name, args.device)
         cfg = replace(base, gaussians=n, backend=name)
-        key = (name, n)
-        if key not in per_splat_count:
-            compile_start = time.perf_counter()
-            timed_fit(images[:1], replace(cfg, iters=2), backend)  # compile / load kernels
-            info = {"warmup_s": time.perf_counter() - compile_start, "single": None}
-            if args.single_images:
-                singles = images[: args.single_images]
-                info["single"] = single_rate(singles, cfg, backend, args.repeats, fitters)
-            if not args.no_torch and name != "torch":
-                info["torch"] = torch_reference(
-                    images[: args.torch_images], cfg, backend, args.repeats
-                )
-            per_splat_count[key] = info
-        info = per_splat_count[key]
-        reference = info.get("torch", {})
-        timed_fit(images[:batch], cfg, backend, 1, fitters)  # warm-up (a graph's capture)
-        seconds, psnr = timed_fit(images[:batch], cfg, backend, args.repeats, fitters)
-        rate = batch / seconds
-        ms = seconds * 1e3 / (args.iters * batch)
-        row = {
-            "backend": name,
-            "device": machine,
-            "batch": batch,
-            "gaussians": n,
-            "iters": args.iters,
-            "height": args.size,
-            "width": args.size,
-            "images_per_s": rate,
-            "ms_per_iter_image": ms,
-            "psnr": float(psnr.nanmean()),
-            "seconds": seconds,
-            "graph": fitters(cfg, backend).enabled,
-            "warmup_s": info["warmup_s"],
-            "single_images_per_s": info["single"],
-            "speedup_vs_single": rate / info["single"] if info["single"] else None,
-            "torch_seconds": reference.get("torch_seconds"),
-            "torch_our_seconds": reference.get("our_seconds"),
-            "speedup_vs_torch": reference.get("speedup"),
-            "psnr_delta_vs_torch": reference.get("psnr_delta"),
-            "torch_images": args.torch_images if reference else None,
-            "iteration_seconds": None,
-            "flops_per_iter": None,
-            "tflops": None,
-            "peak_fraction": None,
-            "cutoff_pairs_per_image": None,
-            "gflops": None,
-            "matmul_gflops": None,
-        }
-        row.update(
-            work_rates(images[:batch], cfg, backend, args.repeats, fitters, args.peak_tflops)
-        )
+        if (name, n) not in per_splat_count:
+            torch_images = 0 if args.no_torch else args.torch_images
+            per_splat_count[name, n] = baselines(
+                images, cfg, backend, args.repeats, fitters, args.single_images, torch_images
+            )
+        row = benchmark_row(
+            images[:batch], cfg, backend, args.repeats, fitters, per_splat_count[name, n],
+            machine, args.peak_tflops,
+        )  # fmt: skip
         rows.append(row)
 
     if matmul is not None:  # the best of before and after: load only ever slows it down
