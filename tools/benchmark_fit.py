@@ -2,7 +2,7 @@
 """Benchmark batched splat fitting: images/s, ms per iteration per image, PSNR at the budget,
 and the speed-up over fitting one image at a time and over the ``torch`` reference backend.
 
-    python tools/benchmark_fit.py --device cpu --json runs/bench_fit_cpu.json     # ~2 min, 2 cores
+    python tools/benchmark_fit.py --device cpu --json runs/bench_fit_cpu.json     # the CPU grid
     python tools/benchmark_fit.py --device cuda --json runs/bench_fit_gpu.json --plot runs/fig2.png
     python tools/benchmark_fit.py --device cuda --batches 4096 --gaussians 400 --iters 100
 
