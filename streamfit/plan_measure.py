@@ -27,7 +27,7 @@ from streamfit.data.local_images import ImageSource, load_images
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.eval import zero_shot, zero_shot_setup
 from streamfit.fit import FitConfig, get_backend
-from streamfit.models import build_gs_clip, load_teacher
+from streamfit.models import build_gs_clip, load_teacher, zero_shot_encoder
 from streamfit.plan import LIVE_DEMO, PRESETS, Dataset, Rates, Recipe, fit_rate_from_json
 from streamfit.train.checkpoint import save_checkpoint, save_weights
 from streamfit.train.config import AdaptConfig
@@ -187,8 +187,7 @@ def measure_demo_rates(tmp: str, fit_json: Path | None) -> tuple[Rates, float]:
         replace(cfg.eval, data=f"{tmp}/heldout-*.tar", classnames=f"{tmp}/classes.json")
     )
 
-    def encode(batch):
-        return engine.module.encode_splats(batch.splats, normalize=True)
+    encode = zero_shot_encoder(engine.module)
 
     def evaluate() -> tuple[int, float]:
         start = time.perf_counter()
