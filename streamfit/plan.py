@@ -34,7 +34,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from streamfit.splats import BYTES_PER_SPLAT
+from streamfit import codec
 
 GIB = 1024**3
 BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
@@ -87,6 +87,7 @@ class Recipe:
     eval_samples: int = 50_000  # per evaluation, one a epoch
     schedule: str = "node"  # node | global
     checkpoint_seconds: float = 0.0  # one checkpoint a epoch (not modelled: 0)
+    splat_format: str = codec.DEFAULT_FORMAT  # how the cache and splat shards store splats
 
 
 PRESETS: dict[str, tuple[Cluster, Dataset, Recipe, str]] = {
@@ -223,7 +224,7 @@ def plan(cluster: Cluster, rates: Rates, data: Dataset, recipe: Recipe) -> dict:
         raise ValueError(f"{data.shards} shards cannot give each of {cluster.nodes} nodes a share")
     gpus = cluster.nodes * cluster.gpus_per_node
     cores = cluster.nodes * cluster.cpus_per_node
-    splat_bytes = recipe.gaussians * BYTES_PER_SPLAT
+    splat_bytes = codec.stored_size(recipe.splat_format, recipe.gaussians)
     entry = CACHE_SCALE * splat_bytes + CACHE_ENTRY_BYTES
     share = data.samples / cluster.nodes  # samples a node reads per epoch
     held = min(1.0, cluster.cache_max_bytes / (share * entry))
@@ -347,12 +348,16 @@ class PlanConfig:
     """Images of the evaluation run once an epoch."""
     schedule: str | None = None
     """``node`` (a node keeps its shards, and so its cache) or ``global``."""
+    splat_format: str | None = None
+    """How the cache and splat shards store splats (:data:`streamfit.codec.STORAGE_FORMATS`)."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}")
         if self.schedule not in (None, "node", "global"):
             raise ValueError(f"schedule must be node or global, got {self.schedule!r}")
+        if self.splat_format not in (None, *codec.STORAGE_FORMATS):
+            raise ValueError(f"splat_format must be one of {codec.STORAGE_FORMATS}")
         for name, value in asdict(self).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -373,7 +378,8 @@ def resolve(cfg: PlanConfig, live: dict | None = None) -> tuple[Cluster, Rates, 
     )
     data = given(data, ("samples", "shards", "bytes_per_sample"))
     recipe = given(
-        recipe, ("epochs", "gaussians", "iters", "image_size", "eval_samples", "schedule")
+        recipe,
+        ("epochs", "gaussians", "iters", "image_size", "eval_samples", "schedule", "splat_format"),
     )
     if live is not None and cfg.preset == "demo":
         rates = replace(live["rates"], sources=dict(live["rates"].sources))

@@ -96,11 +96,12 @@ def print_table(*args: Any, **kwargs: Any) -> None:
 
 @contextmanager
 def png_figure(
-    path: str | Path, size: tuple[float, float] = (6, 4), grid: bool = True, dpi: int = 120
+    path: str | Path, size: tuple[float, float] = (6, 4), grid: str | None = "major", dpi: int = 120
 ) -> Iterator[Any]:
     """One matplotlib axes to draw on, saved as a PNG at ``path`` (folders created, tight
     layout) when the block ends, its figure closed. Drawn off-screen (the Agg backend): tools
-    run on machines with no display. ``size`` in inches; ``grid``: a light grid."""
+    run on machines with no display. ``size`` in inches; ``grid``: a light grid on the
+    ``major`` (or ``both``) ticks, None for none."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +111,7 @@ def png_figure(
     try:
         yield ax
         if grid:
-            ax.grid(True, alpha=0.3)
+            ax.grid(True, which=grid, alpha=0.3)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()

@@ -88,9 +88,9 @@ def test_plan_run_preset_with_measured_rates(tmp_path: Path) -> None:
     assert plan["fit_share_of_gpu_time"] == pytest.approx(
         epochs[0]["fit_s"] / sum(e["fit_s"] + e["train_s"] + e["eval_s"] for e in epochs)
     )
-    # 1.6M samples a node x (400 splats x 16 B x 1.30 + 167 B)
-    assert plan["cache_bytes_per_node"] == pytest.approx(1.6e6 * (6400 * 1.30 + 167))
-    assert plan["sidecar_store_bytes"] == 12_800_000 * (512 + 6656) + 1288 * 1024
+    # 1.6M samples a node x (a q64 blob of 400 splats, 3,245 B, x 1.30 + 167 B)
+    assert plan["cache_bytes_per_node"] == pytest.approx(1.6e6 * (3245 * 1.30 + 167))
+    assert plan["sidecar_store_bytes"] == 12_800_000 * (512 + 3584) + 1288 * 1024
     assert plan["bound_by"] == "GPU training"
     assert plan["rates"]["sources"]["fit"] == "given (fit_rate)"
 
@@ -103,7 +103,7 @@ def test_plan_run_global_schedule_and_small_cache_refit() -> None:
     hits = [e["cache_hit_rate"] for e in planner.plan(cluster, rates, data, recipe)["epochs"]]
     assert hits == pytest.approx([0, 0.25, 1 - 0.75**2])
     # a cache a quarter of a node's share keeps a quarter of it
-    cluster = planner.Cluster(nodes=4, cache_max_bytes=250_000 * (6400 * 1.30 + 167) / 4)
+    cluster = planner.Cluster(nodes=4, cache_max_bytes=250_000 * (3245 * 1.30 + 167) / 4)
     out = planner.plan(cluster, rates, data, replace(recipe, schedule="node"))
     assert out["cache_holds_share"] == pytest.approx(0.25)
     assert out["epochs"][1]["cache_hit_rate"] == pytest.approx(0.25)

@@ -42,11 +42,11 @@ from tqdm.auto import tqdm
 from streamfit import codec
 from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.config import to_yaml
-from streamfit.data.local_images import ImageSource, iter_decoded
+from streamfit.data.local_images import load_images
 from streamfit.fit import BACKENDS, FitBackend, FitConfig, fit, get_backend
 from streamfit.fit.init import check_splat_count
 from streamfit.rd import ImageCodec, available_image_codecs, bd_psnr, psnr_8bit, to_uint8
-from streamfit.report import print_table, write_json
+from streamfit.report import png_figure, print_table, write_json
 from streamfit.splats import Splats
 
 
@@ -105,16 +105,6 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def load_images(inputs: list[Path], size: int, limit: int) -> tuple[torch.Tensor, Counter]:
-    """The first ``limit`` images, decoded as the loader decodes: ``[B, S, S, 3]`` in 0..1."""
-    skipped: Counter = Counter()
-    decoded = iter_decoded(ImageSource(inputs, skipped), size, skipped)
-    images = [image for _, image in itertools.islice(decoded, limit)]
-    if not images:
-        raise FileNotFoundError(f"no images in {', '.join(map(str, inputs))}")
-    return torch.stack(images), skipped
-
-
 def fit_all(images: torch.Tensor, cfg: FitConfig, backend: FitBackend, batch: int) -> Splats:
     """Splats of every image, fitted ``batch`` at a time."""
     parts = [fit(images[i : i + batch], cfg, backend) for i in range(0, len(images), batch)]
@@ -152,7 +142,10 @@ def measure_format(
 
 def compare(args: argparse.Namespace, cfg: FitConfig) -> dict:
     start = time.perf_counter()
-    images, skipped = load_images(args.inputs, args.size, args.limit)
+    skipped: Counter = Counter()
+    images = load_images(args.inputs, args.limit, args.size, skipped)
+    if not len(images):
+        raise FileNotFoundError(f"no images in {', '.join(map(str, args.inputs))}")
     backend = get_backend(cfg.backend, cfg.device)
     targets = to_uint8(images)
     image_codecs = {name: ImageCodec(name, targets) for name in args.image_codecs}
@@ -232,49 +225,40 @@ def print_report(result: dict) -> None:
 def plot(result: dict, path: Path) -> None:
     """PSNR against bytes (log axis): a line per splat format and iteration budget, the image
     codecs' quality sweeps, and the BD-PSNR range shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    colours = {"fp16": "tab:red", "q64": "tab:orange", "compact": "tab:green"}
-    iters = sorted({r["iters"] for r in result["rows"]})
-    styles = dict(zip(iters, ["--", "-", ":", "-."], strict=False))
-    for fmt in colours:
-        for it in iters:
-            points = sorted(
-                (r["bytes_mean"], r["psnr_mean"])
-                for r in result["rows"]
-                if r["codec"] == fmt and r["iters"] == it
-            )
-            if points:
-                x, y = zip(*points, strict=True)
-                ax.plot(x, y, styles[it], marker="o", color=colours[fmt], label=f"{fmt}, {it} it")
-    for name, colour in (("jpeg", "black"), ("webp", "tab:blue"), ("avif", "tab:purple")):
-        if name in result["curves"]:
-            curve = result["curves"][name]
-            ax.plot(
-                [p["bytes_mean"] for p in curve],
-                [p["psnr_mean"] for p in curve],
-                color=colour,
-                linewidth=1,
-                label=name,
-            )
-    low, high = result["bd_range_bytes"]
-    ax.axvspan(low, high, color="grey", alpha=0.15, label="BD-PSNR range")
-    ax.set_xscale("log")
-    ax.set_xlim(400, 40_000)
-    ax.set_xlabel("bytes per image")
-    ax.set_ylabel("PSNR (dB, 8-bit)")
-    size = result["size"]
-    ax.set_title(f"{result['images']} images at {size}x{size}: splats vs image codecs")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="upper left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png_figure(path, size=(8, 5.5), grid="both") as ax:
+        colours = {"fp16": "tab:red", "q64": "tab:orange", "compact": "tab:green"}
+        iters = sorted({r["iters"] for r in result["rows"]})
+        styles = dict(zip(iters, ["--", "-", ":", "-."], strict=False))
+        for fmt in colours:
+            for it in iters:
+                points = sorted(
+                    (r["bytes_mean"], r["psnr_mean"])
+                    for r in result["rows"]
+                    if r["codec"] == fmt and r["iters"] == it
+                )
+                if points:
+                    x, y = zip(*points, strict=True)
+                    label = f"{fmt}, {it} it"
+                    ax.plot(x, y, styles[it], marker="o", color=colours[fmt], label=label)
+        for name, colour in (("jpeg", "black"), ("webp", "tab:blue"), ("avif", "tab:purple")):
+            if name in result["curves"]:
+                curve = result["curves"][name]
+                ax.plot(
+                    [p["bytes_mean"] for p in curve],
+                    [p["psnr_mean"] for p in curve],
+                    color=colour,
+                    linewidth=1,
+                    label=name,
+                )
+        low, high = result["bd_range_bytes"]
+        ax.axvspan(low, high, color="grey", alpha=0.15, label="BD-PSNR range")
+        ax.set_xscale("log")
+        ax.set_xlim(400, 40_000)
+        ax.set_xlabel("bytes per image")
+        ax.set_ylabel("PSNR (dB, 8-bit)")
+        size = result["size"]
+        ax.set_title(f"{result['images']} images at {size}x{size}: splats vs image codecs")
+        ax.legend(fontsize=8, ncol=2, loc="upper left")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from streamfit import codec
 from streamfit.cli import parse_tool_args, tool_parser
 from streamfit.plan import (
     DEMO_REFERENCE,
@@ -80,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, PlanC
     g.add_argument("--image-size", type=int)
     g.add_argument("--eval-samples", type=int)
     g.add_argument("--schedule", choices=("node", "global"))
+    g.add_argument("--splat-format", choices=codec.STORAGE_FORMATS, help="default q64")
     p.add_argument(
         "--check-demo",
         action="store_true",

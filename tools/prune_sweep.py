@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    with png_figure(path, size=(5, 3.2), grid=False) as ax:
+    with png_figure(path, size=(5, 3.2), grid=None) as ax:
         xs = [r["pruned_fraction"] * 100 for r in rows]
         ax.plot(xs, [r["mean_psnr"] for r in rows], "o-", color="tab:blue")
         for r, x in zip(rows, xs, strict=True):

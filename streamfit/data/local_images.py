@@ -106,10 +106,12 @@ def iter_decoded(
             skipped[str(err).split(":")[0]] += 1
 
 
-def load_images(inputs: list[Path], count: int, size: int) -> torch.Tensor:
+def load_images(
+    inputs: list[Path], count: int, size: int, skipped: Counter | None = None
+) -> torch.Tensor:
     """The first ``count`` decodable images of ``inputs`` (files, folders, shards), resized
     and centre-cropped: ``[n, size, size, 3]`` float32 in 0..1 on the CPU; ``n`` is 0 when
-    nothing decodes (what is skipped is logged)."""
-    source = ImageSource(list(inputs))
+    nothing decodes. What is skipped is logged and counted in ``skipped`` by reason."""
+    source = ImageSource(list(inputs), Counter() if skipped is None else skipped)
     images = [img for _, img in itertools.islice(iter_decoded(source, size, source.skipped), count)]
     return torch.stack(images) if images else torch.empty(0, size, size, 3)
