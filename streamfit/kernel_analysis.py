@@ -60,6 +60,23 @@ TILE_KERNELS = ("raster_tiles", "render_tiles")  # built per tile size
 
 
 @dataclass
+class KernelInfo:
+    """One compiled kernel at one tile size: ``ptxas -v``'s resources, the theoretical
+    occupancy, its SASS length and (the tile kernel) its hot loops (:func:`hot_loops`)."""
+
+    name: str
+    tile: int
+    registers: int
+    shared_bytes: int
+    spill_bytes: int
+    stack_bytes: int
+    threads: int
+    occupancy: float
+    sass_instructions: int
+    loops: dict = field(default_factory=dict)
+
+
+@dataclass
 class KernelReportConfig:
     """The tile sizes to compile, and the workload and GPU the prediction assumes (defaults:
     the paper's batch on an H100 SXM)."""
@@ -84,20 +101,6 @@ class KernelReportConfig:
     """Image side in pixels."""
     iters: int = 100
     """Fitting iterations a fit."""
-
-
-@dataclass
-class KernelInfo:
-    name: str
-    tile: int
-    registers: int
-    shared_bytes: int
-    spill_bytes: int
-    stack_bytes: int
-    threads: int
-    occupancy: float
-    sass_instructions: int
-    loops: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------- tools
