@@ -22,6 +22,10 @@ Compare the schedules with ``--schedule node`` (the default for several nodes) a
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import argparse
 import json
 import os

@@ -37,6 +37,10 @@ What differs from clip_benchmark run alone, and why:
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import argparse
 import logging
 import os

@@ -20,11 +20,10 @@ positive when the splats beat JPEG at equal bytes; null where a curve does not s
 
 from __future__ import annotations
 
-import os
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
 
-# Idle OpenMP threads of torch and of the Numba kernels share the cores; spinning ones steal
-# them from the threads doing work. Must be set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# isort: split
+
 
 import argparse
 import itertools

@@ -17,6 +17,10 @@ cache holds; the ``.json`` gains
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import argparse
 import json
 import sys

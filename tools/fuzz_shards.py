@@ -36,6 +36,10 @@ character.
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import io
 import json
 import logging

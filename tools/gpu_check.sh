@@ -24,7 +24,7 @@ sample="${2:-data/imagenet-sample}"
 work="${GPU_CHECK_WORK:-/tmp/gpu_check}"
 rm -rf "$work" && mkdir -p "$work/runs" "$work/data"
 exec > >(tee "$out/gpu_check.log") 2>&1
-export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE PYTHONPATH="$PWD"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
 start=$SECONDS
 stamp() { echo "=== [$((SECONDS - start)) s] $*"; }
 # OUT/gpu_report.json from what has been measured so far (a cut-short run keeps its figures)

@@ -19,6 +19,10 @@ leave their fields null; the table printed last says what came out.
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import json
 import math
 from dataclasses import dataclass

@@ -32,6 +32,10 @@ FILE``, ``--templates openai | simple | FILE``, default the class file's own, el
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import argparse
 import csv
 import json

@@ -23,6 +23,10 @@ skips it (``--classifier-cache DIR``, default ``~/.cache/streamfit/zeroshot_clas
 
 from __future__ import annotations
 
+import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runtime)
+
+# isort: split
+
 import argparse
 import json
 import sys

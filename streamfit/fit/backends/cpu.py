@@ -6,9 +6,8 @@ the CPU. Kernels are compiled on first use and cached on disk (``cache=True``), 
 cost (see :func:`warm_up`) is paid once per machine.
 
 Torch and these kernels share one OpenMP runtime; its idle threads spin by default and steal
-the cores from the working ones on a busy machine (measured 1.2 ms vs 70-90 ms for a 64x64
-loss and gradient on 2 loaded cores). Entry points should set ``OMP_WAIT_POLICY=PASSIVE``
-before torch is imported, as ``tools/benchmark_fit.py`` does.
+the cores from the working ones on a busy machine, so every entry point imports
+:mod:`streamfit.openmp` before torch.
 """
 
 from __future__ import annotations
