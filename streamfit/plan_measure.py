@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ from streamfit.train.checkpoint import save_checkpoint, save_weights
 from streamfit.train.config import AdaptConfig
 from streamfit.train.distributed import init_distributed
 from streamfit.train.engine import clips_itself
+from streamfit.train.gs import splat_loss
 from streamfit.train.loop import build_trainer_engine, train_step
-from streamfit.train.loss import contrastive_loss
 from streamfit.train.metrics import StepTimer
 from streamfit.train.run import lockstep
 
@@ -117,12 +118,6 @@ def gs_train_rate(
     engine, precision = build_trainer_engine(model, groups, cfg.train, data_cfg, world, device)
     clip = cfg.train.grad_clip if clips_itself(cfg.train, precision) else 0.0
     loader = build_loader(data_cfg, fit_cfg, 0, world, device=device)
-    size = data_cfg.image_size
-
-    def loss_of(batch: dict) -> torch.Tensor:
-        splats = batch["splats"]
-        return contrastive_loss(**engine(splats.params, splats.mask, batch["tokens"], size, size))
-
     timer = StepTimer(0.0, 0.0, world, device)
     samples, seconds = 0, 0.0
     for epoch in range(epochs):
@@ -131,7 +126,9 @@ def gs_train_rate(
         for k, (batch, waited) in enumerate(lockstep(loader, device)):
             if k == 1:
                 timer.window()  # the first step is left out
-            losses.append(train_step(engine, batch, loss_of, device, timer, clip))
+            losses.append(
+                train_step(engine, batch, partial(splat_loss, engine), device, timer, clip)
+            )
             timer.add(len(batch["keys"]), waited, batch["timing"])
         float(torch.stack(losses).sum())  # the steps are done
         window = timer.window()

@@ -15,6 +15,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -99,8 +100,7 @@ def adapt_gs(cfg: AdaptConfig, wall_start: float | None = None) -> dict:
     def loss_of(batch: dict) -> torch.Tensor:
         if pixels:
             return contrastive_loss(*engine(normalise(batch["rgb"]), batch["tokens"])[:3])
-        splats = batch["splats"]
-        return contrastive_loss(**engine(splats.params, splats.mask, batch["tokens"], size, size))
+        return splat_loss(engine, batch)
 
     stage_start = time.perf_counter()
     if not trainer.fit(loss_of):
@@ -145,6 +145,13 @@ def adapt_gs(cfg: AdaptConfig, wall_start: float | None = None) -> dict:
         write_json(run_dir / "summary.json", summary)
     trainer.close()
     return summary
+
+
+def splat_loss(engine: Any, batch: dict) -> torch.Tensor:
+    """GS-CLIP's contrastive loss on a loader batch (its splats and tokens on the device)."""
+    splats = batch["splats"]
+    out = engine(splats.params, splats.mask, batch["tokens"], splats.height, splats.width)
+    return contrastive_loss(**out)
 
 
 def pretrain_teacher(cfg: AdaptConfig, run_dir: Path) -> dict:
