@@ -40,6 +40,27 @@ def tool_parser(description: str | None, schema: type) -> argparse.ArgumentParse
     return parser
 
 
+def add_loader_flags(parser: argparse.ArgumentParser, shards_help: str) -> dict[str, str]:
+    """The flags of the tools that run the streaming loader (``--shards``, ``--cache``, image
+    and batch sizes, fitting backend, device, splats and iterations); returns their map to
+    the config's ``data.*``/``fit.*`` keys, for :func:`parse_tool_args`'s ``flags``."""
+    from streamfit.fit import BACKENDS
+
+    parser.add_argument("--shards", help=shards_help)
+    parser.add_argument("--cache", help="splat cache directory (default: none)")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--backend", choices=("auto", *BACKENDS))
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--gaussians", type=int)
+    parser.add_argument("--iters", type=int)
+    data = {"shards": "shards", "cache": "cache_dir", "image_size": "image_size"}
+    data["batch_size"] = "batch_size"
+    flags = {dest: f"data.{key}" for dest, key in data.items()}
+    flags.update({dest: f"fit.{dest}" for dest in ("backend", "device", "gaussians", "iters")})
+    return flags
+
+
 def is_override(item: str) -> bool:
     """``key=value`` rather than a path (an existing file named ``a=b`` stays a path)."""
     return bool(_OVERRIDE.match(item)) and not Path(item).exists()

@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.cli import add_loader_flags, parse_tool_args, tool_parser
 from streamfit.config import to_yaml
 from streamfit.data import DataConfig, EmptyEpoch, build_loader
-from streamfit.fit import BACKENDS, FitConfig
+from streamfit.fit import FitConfig
 from streamfit.report import format_table, write_json
 
 
@@ -52,33 +52,11 @@ class BenchConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
-FLAGS = {  # flag -> config key
-    "shards": "data.shards",
-    "cache": "data.cache_dir",
-    "image_size": "data.image_size",
-    "batch_size": "data.batch_size",
-    "decode_workers": "data.decode_workers",
-    "backend": "fit.backend",
-    "device": "fit.device",
-    "gaussians": "fit.gaussians",
-    "iters": "fit.iters",
-    "schedule": "data.schedule",
-}
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, BenchConfig]:
     parser = tool_parser(__doc__, BenchConfig)
-    parser.add_argument(
-        "--shards", help="shard pattern (brace expansion, ::-separated lists, URLs)"
-    )
+    flags = add_loader_flags(parser, "shard pattern (brace expansion, ::-separated lists, URLs)")
+    flags.update(decode_workers="data.decode_workers", schedule="data.schedule")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--cache", help="splat cache directory (default: no cache)")
-    parser.add_argument("--backend", choices=("auto", *BACKENDS))
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--gaussians", type=int)
-    parser.add_argument("--iters", type=int)
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--batch-size", type=int)
     parser.add_argument("--decode-workers", type=int)
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--world-size", type=int, default=1)
@@ -88,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Bench
     parser.add_argument("--schedule", choices=("auto", "node", "global"))
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--log-batches", action="store_true", help="log every batch's timing")
-    args, cfg = parse_tool_args(parser, BenchConfig, argv, flags=FLAGS)
+    args, cfg = parse_tool_args(parser, BenchConfig, argv, flags=flags)
     if not cfg.data.shards:
         parser.error("no shards: give --shards or data.shards")
     if not args.log_batches:

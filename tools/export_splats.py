@@ -30,11 +30,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from streamfit import codec
-from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.cli import add_loader_flags, parse_tool_args, tool_parser
 from streamfit.config import to_yaml
 from streamfit.data import DataConfig, EmptyEpoch, build_loader, cache_settings
 from streamfit.data.writer import ShardWriter, shard_pattern
-from streamfit.fit import BACKENDS, FitConfig
+from streamfit.fit import FitConfig
 from streamfit.report import print_key_values, write_json
 
 
@@ -44,34 +44,15 @@ class ExportConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
-FLAGS = {
-    "shards": "data.shards",
-    "cache": "data.cache_dir",
-    "image_size": "data.image_size",
-    "batch_size": "data.batch_size",
-    "backend": "fit.backend",
-    "device": "fit.device",
-    "gaussians": "fit.gaussians",
-    "iters": "fit.iters",
-}
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, ExportConfig]:
     parser = tool_parser(__doc__, ExportConfig)
-    parser.add_argument("--shards", help="source shard pattern")
-    parser.add_argument("--cache", help="splat cache directory")
+    flags = add_loader_flags(parser, "source shard pattern")
     parser.add_argument("--out", type=Path, required=True, help="folder for the splat shards")
     parser.add_argument("--prefix", default="splats", help="shard names: PREFIX-000000.tar")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per splat shard")
     parser.add_argument("--fit-missing", action="store_true", help="fit samples the cache lacks")
-    parser.add_argument("--backend", choices=("auto", *BACKENDS))
-    parser.add_argument("--device")
-    parser.add_argument("--gaussians", type=int)
-    parser.add_argument("--iters", type=int)
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--batch-size", type=int)
     parser.add_argument("--json", type=Path, help="write the summary here")
-    args, cfg = parse_tool_args(parser, ExportConfig, argv, flags=FLAGS)
+    args, cfg = parse_tool_args(parser, ExportConfig, argv, flags=flags)
     # file order, every sample, no pixels: an export is a plain pass over the shards
     cfg.data = replace(
         cfg.data, shuffle_shards=False, shuffle_buffer=1, yield_rgb=False, log_every=0
