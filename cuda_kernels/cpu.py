@@ -174,6 +174,16 @@ def exp2_8(y):
     return p * p
 
 
+@_device
+def pair_weight(px, py, mx, my, i11, l21, i22, nucut):
+    """``(weight, z1, z2)`` of one (pixel, splat) pair in scaled units: the whitened offset
+    and ``2 ** (8 nu)`` inside the cut-off, zero beyond it."""
+    z1 = (px - mx) * i11
+    z2 = ((py - my) - l21 * z1) * i22
+    nu = -(z1 * z1) - z2 * z2
+    return (exp2_8(nu) if nu >= nucut else ZERO), z1, z2
+
+
 @njit(fastmath=FASTMATH, cache=True)
 def exp_neg_half(q):
     """``exp(-q / 2)`` as the tile kernels evaluate it, for ``q`` in ``[0, 2 ln 255]`` (the
@@ -208,10 +218,7 @@ def forward_pass(staged, span, pxs, pys, nucut, acc_r, acc_g, acc_b, keep_w, kee
         if keep:
             shift = np.uint64(span[j, 2] - span[j, 0])
             for p in range(lo, hi):
-                z1 = (pxs[p] - mx) * i11
-                z2 = ((pys[p] - my) - l21 * z1) * i22
-                nu = -(z1 * z1) - z2 * z2
-                w = exp2_8(nu) if nu >= nucut else ZERO
+                w, z1, z2 = pair_weight(pxs[p], pys[p], mx, my, i11, l21, i22, nucut)
                 acc_r[p] += w * cr
                 acc_g[p] += w * cg
                 acc_b[p] += w * cb
@@ -220,10 +227,7 @@ def forward_pass(staged, span, pxs, pys, nucut, acc_r, acc_g, acc_b, keep_w, kee
                 keep_z2[p + shift] = z2
         else:
             for p in range(lo, hi):
-                z1 = (pxs[p] - mx) * i11
-                z2 = ((pys[p] - my) - l21 * z1) * i22
-                nu = -(z1 * z1) - z2 * z2
-                w = exp2_8(nu) if nu >= nucut else ZERO
+                w = pair_weight(pxs[p], pys[p], mx, my, i11, l21, i22, nucut)[0]
                 acc_r[p] += w * cr
                 acc_g[p] += w * cg
                 acc_b[p] += w * cb

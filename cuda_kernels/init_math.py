@@ -45,15 +45,16 @@ def build(jit):
     defined inside this builder so that each calls the others in their compiled form."""
 
     @jit
+    def neighbours(y, x, height, width):
+        """The rows above and below and the columns left and right of ``(y, x)``, borders
+        replicated: ``(yu, yd, xl, xr)``."""
+        return max(y - 1, 0), min(y + 1, height - 1), max(x - 1, 0), min(x + 1, width - 1)
+
+    @jit
     def pixel_terms(img, y, x, power, tables, energy):
         """Pixel ``(y, x)`` of ``img [H, W, 3]``: structure tensor and colour into ``tables``
         (at ``[.., y+1, x+1]``), gradient magnitude to the ``power`` into ``energy [H, W]``."""
-        height = img.shape[0]
-        width = img.shape[1]
-        yu = max(y - 1, 0)
-        yd = min(y + 1, height - 1)
-        xl = max(x - 1, 0)
-        xr = min(x + 1, width - 1)
+        yu, yd, xl, xr = neighbours(y, x, img.shape[0], img.shape[1])
         jxx = 0.0
         jxy = 0.0
         jyy = 0.0
@@ -72,12 +73,7 @@ def build(jit):
     @jit
     def blurred_energy(energy, y, x):
         """3x3 box mean of ``energy [H, W]`` around ``(y, x)``, borders replicated."""
-        height = energy.shape[0]
-        width = energy.shape[1]
-        yu = max(y - 1, 0)
-        yd = min(y + 1, height - 1)
-        xl = max(x - 1, 0)
-        xr = min(x + 1, width - 1)
+        yu, yd, xl, xr = neighbours(y, x, energy.shape[0], energy.shape[1])
         s = 0.0
         for yy in (yu, y, yd):
             s += energy[yy, xl] + energy[yy, x] + energy[yy, xr]
@@ -228,6 +224,7 @@ def build(jit):
             out[5 + ch] = box_mean(tables, RED + ch, x0, y0, x1, y1, area)
 
     return SimpleNamespace(
+        neighbours=neighbours,
         pixel_terms=pixel_terms,
         blurred_energy=blurred_energy,
         detail_density=detail_density,

@@ -295,19 +295,14 @@ def _resolve_colours(
     """``params`` with the colours re-solved for ``target`` (a copy; unchanged without one)."""
     if target is None:
         return params
-    from streamfit.fit.colour import exact_colours
+    from streamfit.fit.colour import ColourSolve, exact_colours
 
     device = backend.device
     solved = params.to(device, torch.float32).contiguous().clone()
     # the backend's own solver: conjugate gradients on a GPU, no host sync there
-    exact_colours(
-        backend,
-        solved,
-        mask.to(device),
-        target.to(device, torch.float32),
-        ridge,
-        backend.colour_solver,
-    )
+    # the backend's own solver: conjugate gradients on a GPU, no host sync there
+    how = ColourSolve(ridge, backend.colour_solver)
+    exact_colours(backend, solved, mask.to(device), target.to(device, torch.float32), how)
     return solved.to(params.device)
 
 

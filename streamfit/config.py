@@ -71,3 +71,18 @@ def to_yaml(config: Any) -> str:
 
 def save_config(config: Any, path: str | Path) -> None:
     Path(path).write_text(to_yaml(config))
+
+
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """A ``ValueError`` naming ``key`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_at_least(**values: tuple[float, float]) -> None:
+    """A ``ValueError`` naming the first ``key=(value, lowest)`` whose value is below its lowest
+    (``key``: the field's dotted name with ``__`` for the dot, e.g. ``fit__iters``)."""
+    for key, (value, lowest) in values.items():
+        if value < lowest:
+            name = key.replace("__", ".")
+            raise ValueError(f"{name} must be >= {lowest}, got {value}")

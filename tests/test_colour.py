@@ -10,7 +10,7 @@ import torch
 from cudasim.colour_cases import colour_case, reference_system, relative_error
 
 from streamfit.fit.backends.cpu import CpuBackend
-from streamfit.fit.colour import exact_colours, solve_colours
+from streamfit.fit.colour import ColourSolve, exact_colours, solve_colours
 from streamfit.render import render
 
 TESTS = Path(__file__).resolve().parent
@@ -38,7 +38,7 @@ def test_exact_colours_recover_the_colours_that_made_the_image():
     target = render(params, mask, 24, 28)
     start = params.clone()
     start[..., 5:] = 0.5
-    exact_colours(CpuBackend(), start, mask, target, ridge=1e-7)
+    exact_colours(CpuBackend(), start, mask, target, ColourSolve(ridge=1e-7))
     assert (start[..., 5:] - params[..., 5:]).abs().max() < 2e-2
     assert (start[..., :5] == params[..., :5]).all()
 
@@ -50,14 +50,14 @@ def test_singular_and_non_finite_systems_never_give_nan():
     gram[1] = 1.0  # four identical splats: rank one
     rhs[1] = 2.0
     gram[2, 0, 0] = float("nan")
-    solved = solve_colours(gram, rhs, current, ridge=1e-3)
+    solved = solve_colours(gram, rhs, current, ColourSolve(ridge=1e-3))
     assert torch.isfinite(solved).all()
     torch.testing.assert_close(solved[0], current[0])  # nothing seen: colours kept
     torch.testing.assert_close(solved[2], current[2])  # not finite: colours kept
     # rank one: the rendered sum matches, and the ridge splits it evenly about `current`
     torch.testing.assert_close(solved[1].sum(0), torch.full((3,), 2.0), rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match="ridge"):
-        solve_colours(gram, rhs, current, ridge=0.0)
+        solve_colours(gram, rhs, current, ColourSolve(ridge=0.0))
 
 
 def test_exact_colours_in_chunks_equal_one_solve(monkeypatch):
@@ -67,9 +67,9 @@ def test_exact_colours_in_chunks_equal_one_solve(monkeypatch):
 
     params, mask, target = colour_case(5, 20, 16, 24, seed=7)
     whole = params.clone()
-    exact_colours(CpuBackend(), whole, mask, target, ridge=1e-3)
+    exact_colours(CpuBackend(), whole, mask, target, ColourSolve())
     monkeypatch.setattr(colour, "GRAM_BYTES", 2 * 4 * 20 * 20)  # two images at a time
     chunked = params.clone()
-    exact_colours(CpuBackend(), chunked, mask, target, ridge=1e-3)
+    exact_colours(CpuBackend(), chunked, mask, target, ColourSolve())
     torch.testing.assert_close(chunked, whole, equal_nan=True)
     assert not torch.equal(whole, params)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streamfit.codec import DEFAULT_FORMAT, STORAGE_FORMATS
+from streamfit.config import check_at_least, check_choice
 from streamfit.data.schedule import SCHEDULES
 from streamfit.data.shards import check_pattern
 
@@ -91,35 +92,19 @@ class DataConfig:
             check_pattern(self.shards)
         except ValueError as err:
             raise ValueError(f"data.shards: {err}") from None
-        if self.image_size < 8:
-            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
-        if self.batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
-        if self.decode_workers < 0:
-            raise ValueError(f"data.decode_workers must be >= 0, got {self.decode_workers}")
-        if self.decode_method not in ("thread", "process"):
-            raise ValueError(
-                f"data.decode_method must be thread or process, got {self.decode_method!r}"
-            )
-        if self.shuffle_buffer < 1:
-            raise ValueError(f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
-        if self.split not in SPLITS:
-            raise ValueError(f"data.split must be one of {SPLITS}, got {self.split!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"data.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.ranks_per_node < 0:
-            raise ValueError(f"data.ranks_per_node must be >= 0, got {self.ranks_per_node}")
-        if self.fit not in FIT_MODES:
-            raise ValueError(f"data.fit must be one of {FIT_MODES}, got {self.fit!r}")
-        if self.fit_stream not in ("own", "default"):
-            raise ValueError(f"data.fit_stream must be own or default, got {self.fit_stream!r}")
-        if self.cache_key not in CACHE_KEYS:
-            raise ValueError(f"data.cache_key must be one of {CACHE_KEYS}, got {self.cache_key!r}")
-        if self.splat_format not in STORAGE_FORMATS:
-            raise ValueError(
-                f"data.splat_format must be one of {STORAGE_FORMATS}, got {self.splat_format!r}"
-            )
-        if self.cache_max_bytes < 1:
-            raise ValueError(f"data.cache_max_bytes must be >= 1, got {self.cache_max_bytes}")
-        if self.prefetch < 0:
-            raise ValueError(f"data.prefetch must be >= 0, got {self.prefetch}")
+        check_at_least(
+            data__image_size=(self.image_size, 8),
+            data__batch_size=(self.batch_size, 1),
+            data__decode_workers=(self.decode_workers, 0),
+            data__shuffle_buffer=(self.shuffle_buffer, 1),
+            data__ranks_per_node=(self.ranks_per_node, 0),
+            data__cache_max_bytes=(self.cache_max_bytes, 1),
+            data__prefetch=(self.prefetch, 0),
+        )
+        check_choice("data.decode_method", self.decode_method, ("thread", "process"))
+        check_choice("data.split", self.split, SPLITS)
+        check_choice("data.schedule", self.schedule, SCHEDULES)
+        check_choice("data.fit", self.fit, FIT_MODES)
+        check_choice("data.fit_stream", self.fit_stream, ("own", "default"))
+        check_choice("data.cache_key", self.cache_key, CACHE_KEYS)
+        check_choice("data.splat_format", self.splat_format, STORAGE_FORMATS)

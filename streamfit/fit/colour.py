@@ -9,6 +9,8 @@ batched products with no host synchronisation, so a CUDA graph can hold them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from streamfit.fit.backends import FitBackend
@@ -17,6 +19,24 @@ from streamfit.splats import COLOR
 GRAM_BYTES = 1 << 30  # float32 Gram matrices built at once (1 GiB: 1,677 images at 400 splats)
 SOLVERS = ("cholesky", "cg")
 _TINY = 1e-30
+
+
+@dataclass(frozen=True)
+class ColourSolve:
+    """How the colour systems are solved: the relative ``ridge`` (:func:`regularise`), the
+    ``solver`` (``cholesky``: exact; ``cg``: ``cg_iters`` steps of conjugate gradients)."""
+
+    ridge: float = 1e-3
+    solver: str = "cholesky"
+    cg_iters: int = 16
+
+    def __post_init__(self) -> None:
+        if self.ridge <= 0.0:
+            raise ValueError(f"the colour solve needs ridge > 0, got {self.ridge}")
+        if self.solver not in SOLVERS:
+            raise ValueError(
+                f"colour solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"
+            )
 
 
 def regularise(
@@ -30,8 +50,6 @@ def regularise(
     ``current``). A float32 ``gram`` is overwritten (the ridge is added to its diagonal in
     place: the matrices are the largest tensors of a fit, so no copy is made).
     """
-    if ridge <= 0.0:
-        raise ValueError(f"the colour solve needs ridge > 0, got {ridge}")
     g = gram.to(torch.float32)
     diagonal = g.diagonal(dim1=1, dim2=2)
     lam = ridge * diagonal.mean(1).clamp_min(1e-6)
@@ -40,33 +58,26 @@ def regularise(
 
 
 def solve_colours(
-    gram: torch.Tensor,
-    rhs: torch.Tensor,
-    current: torch.Tensor,
-    ridge: float,
-    solver: str = "cholesky",
-    cg_iters: int = 16,
+    gram: torch.Tensor, rhs: torch.Tensor, current: torch.Tensor, how: ColourSolve
 ) -> torch.Tensor:
     """``[B, N, 3]`` colours minimising ``|W c - t|^2 + lam |c - current|^2`` per image
     (:func:`regularise`), from ``gram [B, N, N]`` and ``rhs [B, N, 3]``.
 
-    ``solver``: ``cholesky`` (exact; float32 is enough: the ridge bounds the condition number
+    ``how.solver``: ``cholesky`` (exact; float32 is enough: the ridge bounds the condition number
     near ``1 / ridge`` times the splats overlapping a pixel, and it factorises ~5x faster
-    than float64 on a CPU) or ``cg`` (``cg_iters`` steps of Jacobi-preconditioned conjugate
-    gradients from ``current``). An image whose system is not finite, or whose solve fails
+    than float64 on a CPU) or ``cg`` (``how.cg_iters`` steps of Jacobi-preconditioned
+    conjugate gradients from ``current``). An image whose system is not finite, or whose solve fails
     anyway, keeps ``current``: the solve never produces NaN, and never reads back to the host.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"colour solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    g, b = regularise(gram, rhs, current, ridge)
+    g, b = regularise(gram, rhs, current, how.ridge)
     # a non-finite system gives a non-finite factor or solution, caught below: no check of
     # the whole [B, N, N] tensor, no host sync
-    if solver == "cholesky":
+    if how.solver == "cholesky":
         factor, info = torch.linalg.cholesky_ex(g)
         solved = torch.cholesky_solve(b, factor)
         ok = info == 0
     else:
-        solved = conjugate_gradients(g, b, current.to(torch.float32), cg_iters)
+        solved = conjugate_gradients(g, b, current.to(torch.float32), how.cg_iters)
         ok = torch.ones_like(solved[:, 0, 0], dtype=torch.bool)
     ok &= torch.isfinite(solved).flatten(1).all(1)
     return torch.where(ok[:, None, None], solved, current.to(torch.float32)).to(current.dtype)
@@ -100,13 +111,11 @@ def exact_colours(
     params: torch.Tensor,
     mask: torch.Tensor,
     target: torch.Tensor,
-    ridge: float,
-    solver: str = "cholesky",
-    cg_iters: int = 16,
+    how: ColourSolve,
 ) -> None:
     """Replace the colours of the valid splats in ``params [B, N, 8]`` (in place) by the
     solution of their regularised normal equations for ``target [B, H, W, 3]``
-    (:func:`solve_colours` with ``solver`` and ``cg_iters``).
+    (:func:`solve_colours`).
 
     The dense ``[B, N, N]`` Gram matrices are built and solved a chunk of images at a time,
     so memory stays near :data:`GRAM_BYTES` at any batch size and splat count.
@@ -122,5 +131,5 @@ def exact_colours(
         )
         gram, rhs = backend.colour_system(p, m, t)
         current = p[..., COLOR]
-        solved = solve_colours(gram, rhs.to(current.device), current, ridge, solver, cg_iters)
+        solved = solve_colours(gram, rhs.to(current.device), current, how)
         p[..., COLOR] = torch.where(m[..., None], solved.to(current.device), current)

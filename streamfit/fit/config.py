@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from streamfit.config import check_at_least, check_choice
 from streamfit.schedule import warmup_cosine
 
 # Version of the fitting method: bumped whenever the code (not the settings) changes what a fit
@@ -96,40 +97,24 @@ class FitConfig:
     """Seed of the random initialisation (with the image's content)."""
 
     def __post_init__(self) -> None:
-        if self.gaussians < 1:
-            raise ValueError(f"fit.gaussians must be >= 1, got {self.gaussians}")
-        if self.iters < 0:
-            raise ValueError(f"fit.iters must be >= 0, got {self.iters}")
-        if self.backend not in ("auto", "torch", "cpu", "cuda"):
-            raise ValueError(f"fit.backend must be auto, torch, cpu or cuda, got {self.backend!r}")
-        if self.init not in INITS:
-            raise ValueError(f"fit.init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.colour_solve not in COLOUR_SOLVES:
-            raise ValueError(
-                f"fit.colour_solve must be one of {', '.join(COLOUR_SOLVES)}, "
-                f"got {self.colour_solve!r}"
-            )
-        if self.colour_solve_every < 0:
-            raise ValueError(f"fit.colour_solve_every must be >= 0, got {self.colour_solve_every}")
-        if self.colour_solver not in COLOUR_SOLVERS:
-            raise ValueError(
-                f"fit.colour_solver must be one of {', '.join(COLOUR_SOLVERS)}, "
-                f"got {self.colour_solver!r}"
-            )
-        if self.colour_cg_iters < 1:
-            raise ValueError(f"fit.colour_cg_iters must be >= 1, got {self.colour_cg_iters}")
+        check_at_least(
+            fit__gaussians=(self.gaussians, 1),
+            fit__iters=(self.iters, 0),
+            fit__colour_solve_every=(self.colour_solve_every, 0),
+            fit__colour_cg_iters=(self.colour_cg_iters, 1),
+            fit__prune_every=(self.prune_every, 1),
+        )
+        check_choice("fit.backend", self.backend, ("auto", "torch", "cpu", "cuda"))
+        check_choice("fit.init", self.init, INITS)
+        check_choice("fit.colour_solve", self.colour_solve, COLOUR_SOLVES)
+        check_choice("fit.colour_solver", self.colour_solver, COLOUR_SOLVERS)
+        check_choice("fit.lr_schedule", self.lr_schedule, ("cosine", "constant"))
         if self.colour_ridge <= 0.0:
             raise ValueError(f"fit.colour_ridge must be > 0, got {self.colour_ridge}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(
-                f"fit.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
-            )
         if not 0.0 <= self.prune_start <= self.prune_end <= 1.0:
             raise ValueError("fit.prune_start <= fit.prune_end must lie in [0, 1]")
         if not 0.0 <= self.lr_hold < 1.0:
             raise ValueError(f"fit.lr_hold must lie in [0, 1), got {self.lr_hold}")
-        if self.prune_every < 1:
-            raise ValueError(f"fit.prune_every must be >= 1, got {self.prune_every}")
 
     def settings_hash(self) -> str:
         """Short hex digest of every setting that changes the fitted splats."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from streamfit.fit.backends import FitBackend, get_backend
-from streamfit.fit.colour import exact_colours
+from streamfit.fit.colour import ColourSolve, exact_colours
 from streamfit.fit.config import FitConfig
 from streamfit.fit.init import (
     adaptive_init,
@@ -146,9 +146,9 @@ def fit_on_device(
     params = initial_params(target, cfg, backend).contiguous()
     failed = ~finite
     mask = finite[:, None].expand(batch, cfg.gaussians).contiguous()
-    solve = {"solver": colour_solver(cfg, backend), "cg_iters": cfg.colour_cg_iters}
+    solve = ColourSolve(cfg.colour_ridge, colour_solver(cfg, backend), cfg.colour_cg_iters)
     if cfg.colour_solve in ("init", "init+final"):
-        exact_colours(backend, params, mask, target, cfg.colour_ridge, **solve)
+        exact_colours(backend, params, mask, target, solve)
     # the solve minimises the plain loss: with an L1 penalty it would undo the penalty's
     # shrinkage, so only the starting colours are solved then
     resolve = cfg.colour_solve_every > 0 and cfg.l1 == 0.0
@@ -180,13 +180,13 @@ def fit_on_device(
         )
         params.masked_fill_(~mask[..., None], 0.0)
         if resolve and (step + 1) % cfg.colour_solve_every == 0:
-            exact_colours(backend, params, mask, target, cfg.colour_ridge, **solve)
+            exact_colours(backend, params, mask, target, solve)
         if cfg.is_prune_step(step):
             mask &= luminance(params[..., COLOR]) >= cfg.prune_luminance
             params.masked_fill_(~mask[..., None], 0.0)
 
     if cfg.colour_solve in ("final", "init+final") and cfg.iters > 0 and cfg.l1 == 0.0:
-        exact_colours(backend, params, mask, target, cfg.colour_ridge, **solve)
+        exact_colours(backend, params, mask, target, solve)
     failed |= ~torch.isfinite(params).flatten(1).all(1)
     alive = ~failed
     final = _psnr(backend, params, mask & alive[:, None], target)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamfit.config import ConfigError
+from streamfit.config import ConfigError, check_at_least, check_choice
 from streamfit.data import DataConfig
 from streamfit.data.shards import expand_shards
 from streamfit.eval.config import EvalConfig
@@ -99,26 +99,22 @@ class TrainConfig:
     handles them far slower (BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        check_at_least(
+            train__epochs=(self.epochs, 1),
+            train__grad_accum=(self.grad_accum, 1),
+            train__keep_checkpoints=(self.keep_checkpoints, 1),
+            train__warmup_steps=(self.warmup_steps, 0),
+            train__samples_per_epoch=(self.samples_per_epoch, 0),
+            train__stop_after_steps=(self.stop_after_steps, 0),
+            train__log_every=(self.log_every, 0),
+        )
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        if self.grad_accum < 1:
-            raise ValueError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.zero_stage not in (0, 1, 2):
-            raise ValueError(
-                f"train.zero_stage must be 0, 1 or 2 (each rank evaluates with full weights), "
-                f"got {self.zero_stage}"
-            )
+        check_choice("train.precision", self.precision, PRECISIONS)
+        # ZeRO 3 would shard the weights each rank evaluates with
+        check_choice("train.zero_stage", self.zero_stage, (0, 1, 2))
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"train.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        for key in ("warmup_steps", "samples_per_epoch", "stop_after_steps", "log_every"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass

@@ -31,7 +31,7 @@ from streamfit.models import (
     rgb_normaliser,
     zero_shot_encoder,
 )
-from streamfit.report import setup_logging, write_json
+from streamfit.report import setup_logging
 from streamfit.train.config import AdaptConfig, RGBPretrainConfig
 from streamfit.train.distributed import all_sum
 from streamfit.train.engine import clip_param_groups
@@ -141,10 +141,7 @@ def adapt_gs(cfg: AdaptConfig, wall_start: float | None = None) -> dict:
         "stage_seconds": stages,
         "wall_seconds": time.perf_counter() - wall_start,
     }
-    if rank == 0:
-        write_json(run_dir / "summary.json", summary)
-    trainer.close()
-    return summary
+    return trainer.finish(summary)
 
 
 def splat_loss(engine: Any, batch: dict) -> torch.Tensor:

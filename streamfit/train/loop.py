@@ -24,6 +24,7 @@ from streamfit.data import DataConfig
 from streamfit.data.nodes import claim
 from streamfit.eval import EvalConfig, ZeroShotResult, ZeroShotSetup, zero_shot_setup
 from streamfit.eval.weights import BEST
+from streamfit.report import write_json
 from streamfit.train.checkpoint import (
     find_checkpoint,
     load_checkpoint,
@@ -260,7 +261,7 @@ class Trainer:
         self.cfg, self.train = cfg, cfg.train
         self.engine, self.loader, self.evaluator = engine, loader, evaluator
         self.clip = clips_itself(cfg.train, resolve_precision(cfg.train.precision, device))
-        self.rank, self.device = rank, device
+        self.rank, self.device, self.run_dir = rank, device, run_dir
         self.metrics = evaluator.metrics = MetricsWriter(run_dir, rank == 0)
         self.checkpointer = Checkpointer(engine, run_dir / "checkpoints", loader, cfg, cfg.train)
         self.state = TrainState()
@@ -342,6 +343,14 @@ class Trainer:
                 postfix.update(fit_gpu=f"{values['fit_gpu_share']:.0%}")
         bar.set_postfix(**postfix)
         losses.clear()
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """End the run: ``summary`` written as ``{run}/summary.json`` (rank 0), the metrics
+        closed; returns ``summary``."""
+        if self.rank == 0:
+            write_json(self.run_dir / "summary.json", summary)
+        self.close()
+        return summary
 
     def close(self) -> None:
         self.metrics.close()

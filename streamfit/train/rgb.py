@@ -14,7 +14,6 @@ import torch
 from streamfit.data import build_loader
 from streamfit.eval import ZeroShotSetup, zero_shot
 from streamfit.models import example_inputs, load_teacher, rgb_normaliser, zero_shot_encoder
-from streamfit.report import write_json
 from streamfit.train.checkpoint import save_weights
 from streamfit.train.config import RGBPretrainConfig
 from streamfit.train.distributed import all_sum
@@ -82,7 +81,4 @@ def pretrain_rgb(cfg: RGBPretrainConfig) -> dict:
         "precision": precision,
         "wall_seconds": time.perf_counter() - wall_start,
     }
-    if rank == 0:
-        write_json(run_dir / "summary.json", summary)
-    trainer.close()
-    return summary
+    return trainer.finish(summary)

@@ -18,25 +18,9 @@ def check_target(params: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
     return target.shape[1], target.shape[2]
 
 
-def adam_reference(
-    params: torch.Tensor,
-    grad: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    lr: torch.Tensor,
-    step: int,
-    betas: tuple[float, float],
-    eps: float = 1e-8,
-) -> None:
-    """The definition of the fitter's in-place Adam step (torch ops; ``lr`` is ``[8]``, one
-    rate per parameter column), which every backend's fused kernel matches."""
-    beta1, beta2 = betas
-    exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    bias1 = 1.0 - beta1**step
-    bias2 = 1.0 - beta2**step
-    denom = (exp_avg_sq / bias2).sqrt_().add_(eps)
-    params.addcdiv_(exp_avg * (lr / bias1), denom, value=-1.0)
+# the moment tensors of Adam, in place: (params, grad, exp_avg, exp_avg_sq)
+AdamTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Betas = tuple[float, float]
 
 
 class FitBackend(ABC):
@@ -81,27 +65,26 @@ class FitBackend(ABC):
         """One in-place Adam update; ``lr`` is ``[8]`` (one rate per parameter column).
 
         A backend's fused kernel (:meth:`fused_adam`) runs when all four tensors are
-        contiguous float32; otherwise :func:`adam_reference`, which the kernels match.
+        contiguous float32; otherwise these torch ops, the definition the kernels match (the
+        torch backend has no kernel: it is the reference).
         """
         tensors = (params, grad, exp_avg, exp_avg_sq)
         if all(t.is_contiguous() and t.dtype == torch.float32 for t in tensors):
-            if self.fused_adam(params, grad, exp_avg, exp_avg_sq, lr, step, betas, eps):
+            if self.fused_adam(tensors, lr, step, betas, eps):
                 return
-        adam_reference(params, grad, exp_avg, exp_avg_sq, lr, step, betas, eps)
+        beta1, beta2 = betas
+        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        bias1 = 1.0 - beta1**step
+        bias2 = 1.0 - beta2**step
+        denom = (exp_avg_sq / bias2).sqrt_().add_(eps)
+        params.addcdiv_(exp_avg * (lr / bias1), denom, value=-1.0)
 
     def fused_adam(
-        self,
-        params: torch.Tensor,
-        grad: torch.Tensor,
-        exp_avg: torch.Tensor,
-        exp_avg_sq: torch.Tensor,
-        lr: torch.Tensor,
-        step: int,
-        betas: tuple[float, float],
-        eps: float,
+        self, tensors: AdamTensors, lr: torch.Tensor, step: int, betas: Betas, eps: float
     ) -> bool:
-        """The backend's one-pass Adam kernel on contiguous float32 tensors (torch's takes
-        seven passes); False when it has none."""
+        """The backend's one-pass Adam kernel on contiguous float32 ``tensors`` (torch's
+        takes seven passes); False when it has none."""
         return False
 
     # the adaptive initialisation's splats before colour normalisation: the reference

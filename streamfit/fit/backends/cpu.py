@@ -21,7 +21,7 @@ import torch
 
 from cuda_kernels import colour_cpu, init_cpu, init_math
 from cuda_kernels import cpu as kernels
-from streamfit.fit.backends.base import FitBackend, check_target
+from streamfit.fit.backends.base import AdamTensors, Betas, FitBackend, check_target
 from streamfit.fit.init import FLAT_ENERGY, check_splat_count
 from streamfit.render import Q_CUTOFF
 
@@ -134,18 +134,9 @@ class CpuBackend(FitBackend):
 
     @torch.no_grad()
     def fused_adam(
-        self,
-        params: torch.Tensor,
-        grad: torch.Tensor,
-        exp_avg: torch.Tensor,
-        exp_avg_sq: torch.Tensor,
-        lr: torch.Tensor,
-        step: int,
-        betas: tuple[float, float],
-        eps: float,
+        self, tensors: AdamTensors, lr: torch.Tensor, step: int, betas: Betas, eps: float
     ) -> bool:
         """Adam in one pass of :mod:`cuda_kernels.cpu` (on CPU tensors only)."""
-        tensors = (params, grad, exp_avg, exp_avg_sq)
         if any(t.device.type != "cpu" for t in tensors):
             return False
         arrays = [t.numpy() for t in tensors]
@@ -153,28 +144,13 @@ class CpuBackend(FitBackend):
         return True
 
     @torch.no_grad()
-    def adaptive_layout(
-        self,
-        images: torch.Tensor,
-        n: int,
-        detail: float,
-        detail_power: float,
-        scale: float,
-        anisotropy: float,
-    ) -> torch.Tensor:
-        """The adaptive layout by the kernel of :mod:`cuda_kernels.init_cpu`."""
+    def adaptive_layout(self, images: torch.Tensor, n: int, *settings: float) -> torch.Tensor:
+        """The adaptive layout by the kernel of :mod:`cuda_kernels.init_cpu` (``settings``:
+        the reference's detail, detail power, scale and anisotropy)."""
         check_splat_count(n, images.shape[1], images.shape[2])
         params = np.zeros((images.shape[0], n, 8), np.float64)
-        init_cpu.adaptive_layout(
-            _view(images),
-            detail,
-            detail_power,
-            scale,
-            anisotropy,
-            FLAT_ENERGY,
-            init_math.levels(n),
-            params,
-        )
+        levels = init_math.levels(n)
+        init_cpu.adaptive_layout(_view(images), *settings, FLAT_ENERGY, levels, params)
         return torch.from_numpy(params)
 
     @torch.no_grad()

@@ -25,7 +25,7 @@ from numba import cuda
 
 from cuda_kernels import colour_gpu, init_gpu, init_math
 from cuda_kernels import gpu as kernels
-from streamfit.fit.backends.base import FitBackend, check_target
+from streamfit.fit.backends.base import AdamTensors, Betas, FitBackend, check_target
 from streamfit.fit.init import FLAT_ENERGY, check_splat_count
 from streamfit.render import Q_CUTOFF
 
@@ -177,37 +177,21 @@ class CudaBackend(FitBackend):
 
     @torch.no_grad()
     def fused_adam(
-        self,
-        params: torch.Tensor,
-        grad: torch.Tensor,
-        exp_avg: torch.Tensor,
-        exp_avg_sq: torch.Tensor,
-        lr: torch.Tensor,
-        step: int,
-        betas: tuple[float, float],
-        eps: float,
+        self, tensors: AdamTensors, lr: torch.Tensor, step: int, betas: Betas, eps: float
     ) -> bool:
         """Adam in one kernel of :mod:`cuda_kernels.gpu`, on flat views."""
         lr = lr.to(self.device, torch.float32).contiguous()
-        tensors = (params, grad, exp_avg, exp_avg_sq)
         with self._context():
             flat = [self._array(t.view(-1)) for t in tensors]
             kernels.launch_adam(*flat, self._array(lr), betas, step, eps, stream=self._stream())
         return True
 
     @torch.no_grad()
-    def adaptive_layout(
-        self,
-        images: torch.Tensor,
-        n: int,
-        detail: float,
-        detail_power: float,
-        scale: float,
-        anisotropy: float,
-    ) -> torch.Tensor:
-        """The adaptive layout by the kernel of :mod:`cuda_kernels.init_gpu`: ``[B, n, 8]``
-        float64 on the device, a chunk of images a launch (work arrays of at most
-        :data:`INIT_WORK_BYTES`), no host synchronisation."""
+    def adaptive_layout(self, images: torch.Tensor, n: int, *settings: float) -> torch.Tensor:
+        """The adaptive layout by the kernel of :mod:`cuda_kernels.init_gpu` (``settings``: the
+        reference's detail, detail power, scale and anisotropy): ``[B, n, 8]`` float64 on the
+        device, a chunk of images a launch (work arrays of at most :data:`INIT_WORK_BYTES`),
+        no host synchronisation."""
         n_img, height, width, _ = images.shape
         check_splat_count(n, height, width)
         images = images.detach().to(self.device, torch.float32).contiguous()
@@ -224,10 +208,7 @@ class CudaBackend(FitBackend):
                 hi = min(n_img, lo + chunk)
                 init_gpu.adaptive_layout[hi - lo, init_gpu.THREADS, self._stream()](
                     self._array(images[lo:hi]),
-                    detail,
-                    detail_power,
-                    scale,
-                    anisotropy,
+                    *map(float, settings),
                     FLAT_ENERGY,
                     init_math.levels(n),
                     self._array(tables[: hi - lo]),
