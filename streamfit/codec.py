@@ -172,9 +172,10 @@ def quantise(
             backend = get_backend("auto", str(splats.params.device))
     if fmt != "compact" and (max_bytes is not None or level is not None):
         raise ValueError("max_bytes and level apply to the compact format only")
+    refit = _Refit(target, backend, ridge)
     if fmt == "compact":
-        return _Compact.quantise(splats, target, backend, ridge, max_bytes, level)
-    return _CODECS[fmt].quantise(splats, target, backend, ridge)
+        return _Compact.quantise(splats, refit, max_bytes, level)
+    return _CODECS[fmt].quantise(splats, refit)
 
 
 def encode(
@@ -285,24 +286,35 @@ def _valid_rows(splats: Splats) -> torch.Tensor:
     return finite.all(1)
 
 
-def _resolve_colours(
-    params: torch.Tensor,
-    mask: torch.Tensor,
-    target: torch.Tensor | None,
-    backend: FitBackend | None,
-    ridge: float,
-) -> torch.Tensor:
-    """``params`` with the colours re-solved for ``target`` (a copy; unchanged without one)."""
-    if target is None:
+@dataclass
+class _Refit:
+    """What the colours are re-solved against after the geometry is quantised: ``target``
+    ``[B, H, W, 3]`` (None: the colours are kept), the ``backend`` building the systems and
+    the solve's relative ``ridge``."""
+
+    target: torch.Tensor | None
+    backend: FitBackend | None
+    ridge: float
+
+    def rows(self, index: torch.Tensor) -> _Refit:
+        """The same for the images at ``index``."""
+        target = None if self.target is None else self.target[index.to(self.target.device)]
+        return _Refit(target, self.backend, self.ridge)
+
+
+def _resolve_colours(params: torch.Tensor, mask: torch.Tensor, refit: _Refit) -> torch.Tensor:
+    """``params`` with the colours re-solved for ``refit.target`` (a copy; unchanged without
+    one)."""
+    if refit.target is None:
         return params
     from streamfit.fit.colour import ColourSolve, exact_colours
 
+    backend = refit.backend
     device = backend.device
     solved = params.to(device, torch.float32).contiguous().clone()
     # the backend's own solver: conjugate gradients on a GPU, no host sync there
-    # the backend's own solver: conjugate gradients on a GPU, no host sync there
-    how = ColourSolve(ridge, backend.colour_solver)
-    exact_colours(backend, solved, mask.to(device), target.to(device, torch.float32), how)
+    how = ColourSolve(refit.ridge, backend.colour_solver)
+    exact_colours(backend, solved, mask.to(device), refit.target.to(device, torch.float32), how)
     return solved.to(params.device)
 
 
@@ -315,13 +327,8 @@ class _FP16:
         return _HEADER.size + 16 * count + _CRC.size
 
     @staticmethod
-    def quantise(
-        splats: Splats,
-        target: torch.Tensor | None,
-        backend: FitBackend | None,
-        ridge: float,
-    ) -> Quantised:
-        del target, backend, ridge  # float16 keeps the fitted colours as they are
+    def quantise(splats: Splats, refit: _Refit) -> Quantised:
+        del refit  # float16 keeps the fitted colours as they are
         rounded = splats.params.to(torch.float16)
         ok = _valid_rows(splats) & (torch.isfinite(rounded).all(-1) | ~splats.mask).all(1)
         mask = splats.mask & ok[:, None]
@@ -434,12 +441,7 @@ class _Q64:
         return _HEADER.size + _Q64.RANGE_BYTES + 8 * count + _CRC.size
 
     @staticmethod
-    def quantise(
-        splats: Splats,
-        target: torch.Tensor | None,
-        backend: FitBackend | None,
-        ridge: float,
-    ) -> Quantised:
+    def quantise(splats: Splats, refit: _Refit) -> Quantised:
         params, mask = splats.params.float(), splats.mask
         shape = shape_quantities(params)
         ok = _valid_rows(splats) & _fits_f16(shape, mask)
@@ -449,9 +451,7 @@ class _Q64:
         geo_ranges = _masked_range(shape, mask)
         geo_codes = _uniform_codes(shape, geo_ranges, _Q64_WIDTHS[:5])
         geometry = _uniform_values(geo_codes, geo_ranges, _Q64_WIDTHS[:5])
-        solved = _resolve_colours(
-            params_from_quantities(geometry, params[..., 5:]), mask, target, backend, ridge
-        )
+        solved = _resolve_colours(params_from_quantities(geometry, params[..., 5:]), mask, refit)
         colour = torch.where(mask[..., None], solved[..., 5:], torch.zeros_like(solved[..., 5:]))
         ok &= _fits_f16(colour, mask)
         mask = mask & ok[:, None]
@@ -622,12 +622,7 @@ class _Compact:
 
     @staticmethod
     def quantise(
-        splats: Splats,
-        target: torch.Tensor | None,
-        backend: FitBackend | None,
-        ridge: float,
-        max_bytes: int | None,
-        level: int | None,
+        splats: Splats, refit: _Refit, max_bytes: int | None, level: int | None
     ) -> Quantised:
         if level is not None and not 0 <= level < COMPACT_LEVELS:
             raise ValueError(f"compact level must lie in 0..{COMPACT_LEVELS - 1}, got {level}")
@@ -652,9 +647,7 @@ class _Compact:
                 coded = _Compact._code_level(
                     params[index],
                     mask[index],
-                    None if target is None else target[index.to(target.device)],
-                    backend,
-                    ridge,
+                    refit.rows(index),
                     current,
                     splats.height,
                     splats.width,
@@ -699,9 +692,7 @@ class _Compact:
     def _code_level(
         params: torch.Tensor,
         mask: torch.Tensor,
-        target: torch.Tensor | None,
-        backend: FitBackend | None,
-        ridge: float,
+        refit: _Refit,
         level: int,
         height: int,
         width: int,
@@ -722,9 +713,7 @@ class _Compact:
         ).to(torch.int64)
         geo = geo.clamp(-_SUPPORT, _SUPPORT - 1)
         geometry = _Compact.shape_values(grid, geo, steps)
-        solved = _resolve_colours(
-            params_from_quantities(geometry, params[..., 5:]), mask, target, backend, ridge
-        )
+        solved = _resolve_colours(params_from_quantities(geometry, params[..., 5:]), mask, refit)
         opponent = solved[..., 5:] @ _OPPONENT.to(solved.device).T
         colour = torch.round(opponent / steps["colour"]).clamp(-_SUPPORT, _SUPPORT - 1)
         symbols = torch.cat([geo, colour.to(torch.int64)], -1)
