@@ -265,7 +265,7 @@ def run_case(
     except Hang:
         case.error = f"hang: no end after {cfg.timeout_s} s"
         return case
-    except Exception as err:  # noqa: BLE001 - any crash is a result to report
+    except Exception as err:
         case.error = f"{type(err).__name__}: {err}"
         return case
     finally:

@@ -156,7 +156,7 @@ def open_shard(url: str, offset: int = 0) -> BinaryIO:
     """A binary stream of ``url`` positioned at byte ``offset`` (seek for local files; for
     URLs webdataset's ``gopen`` stream, with the first ``offset`` bytes skipped)."""
     if is_local(url):
-        stream: BinaryIO = open(_local_path(url), "rb")  # noqa: SIM115 - caller closes
+        stream: BinaryIO = open(_local_path(url), "rb")
         stream.seek(offset)
         return stream
     from webdataset.gopen import gopen
@@ -782,7 +782,7 @@ def count_shard(shard: str) -> tuple[int, Counter[str]]:
     skipped: Counter[str] = Counter()
     samples = 0
     try:
-        stream = open(_local_path(shard), "rb")  # noqa: SIM115 - closed below
+        stream = open(_local_path(shard), "rb")
     except OSError as err:
         skipped[open_problem(err)] += 1
         return 0, skipped

@@ -276,7 +276,7 @@ class Trainer:
         flops = count_flops(engine.module, *probe)
         self.timer = StepTimer(flops, peak_flops(cfg.train.peak_tflops, device), world, device)
         record = cfg.run.record_samples
-        self.seen = open(run_dir / f"samples_rank{rank}.tsv", "a") if record else None  # noqa: SIM115
+        self.seen = open(run_dir / f"samples_rank{rank}.tsv", "a") if record else None
 
     def fit(
         self,

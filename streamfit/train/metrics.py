@@ -46,7 +46,7 @@ class MetricsWriter:
 
             run_dir = Path(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+            self._jsonl = open(run_dir / "metrics.jsonl", "a")
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, step: int, kind: str, values: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ if not numba.config.ENABLE_CUDASIM:
         "needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported", allow_module_level=True
     )
 
-from streamfit.fit.backends.cuda import CudaBackend  # noqa: E402
+from streamfit.fit.backends.cuda import CudaBackend
 
 
 @pytest.mark.parametrize(

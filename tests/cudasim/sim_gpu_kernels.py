@@ -25,11 +25,11 @@ if not numba.config.ENABLE_CUDASIM:
         "needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported", allow_module_level=True
     )
 
-from cuda_kernels.gpu import TILES  # noqa: E402
-from streamfit.fit import FitConfig, fit  # noqa: E402
-from streamfit.fit.backends.cpu import CpuBackend  # noqa: E402
-from streamfit.fit.backends.cuda import CudaBackend  # noqa: E402
-from streamfit.fit.init import adaptive_layout  # noqa: E402
+from cuda_kernels.gpu import TILES
+from streamfit.fit import FitConfig, fit
+from streamfit.fit.backends.cpu import CpuBackend
+from streamfit.fit.backends.cuda import CudaBackend
+from streamfit.fit.init import adaptive_layout
 
 RTOL = 1e-5
 GRAD_RTOL = 1e-4
