@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from programs import load_program
 
 # streamfit's default caches (zero-shot classifiers) in a folder of the tests' own; set in the
 # environment, so the tools and recipes the tests start inherit it
@@ -36,3 +37,10 @@ def imagenet_sample() -> Path:
     if not (SHARED_SAMPLE / "train-000000.tar").is_file():
         pytest.skip(f"real-photo sample not found at {SHARED_SAMPLE}")
     return SHARED_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def program():
+    """``program("tools/NAME")`` or ``program("recipes/NAME")``: that program as a module, the
+    one way tests reach a program (:func:`programs.load_program`)."""
+    return load_program

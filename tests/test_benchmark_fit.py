@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,16 +14,9 @@ FIELDS = (
 )  # fmt: skip
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("benchmark_fit", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cpu_benchmark_writes_rows_and_plot(tmp_path, capsys):
+def test_cpu_benchmark_writes_rows_and_plot(tmp_path, capsys, program):
     out = tmp_path / "bench.json"
-    rows = _tool().main(
+    rows = program("tools/benchmark_fit").main(
         [
             "--device", "cpu", "--backends", "cpu", "--batches", "1,3", "--gaussians", "16",
             "--size", "24", "--iters", "4", "--single-images", "2", "--torch-images", "1",
@@ -52,8 +44,8 @@ def test_cpu_benchmark_writes_rows_and_plot(tmp_path, capsys):
     assert "x torch" in printed and "peak_fraction" in printed
 
 
-def test_bad_arguments_are_clear_errors(capsys):
-    tool = _tool()
+def test_bad_arguments_are_clear_errors(capsys, program):
+    tool = program("tools/benchmark_fit")
     for argv in (["--batches", "1,x"], ["--iters", "0"], ["no_such_field=1"]):
         try:
             tool.parse_args(["--device", "cpu", *argv])

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from tiny_models import CONTEXT_LENGTH, TINY_CLIP
 
 from streamfit.config import ConfigError
 from streamfit.data.synthetic import write_synthetic_dataset
@@ -33,11 +34,7 @@ from streamfit.train.distributed import init_distributed
 from streamfit.train.engine import build_engine, clip_param_groups
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_KWARGS = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 16, "layers": 1, "head_width": 8},
-    "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
+MODEL_KWARGS = TINY_CLIP
 LOADER_STATE = {"epoch": 0, "offsets": torch.arange(3), "shards": ["a.tar", "b.tar"]}
 
 
@@ -69,7 +66,7 @@ def _engine(stage: int, seed: int):
 
 def _step(engine) -> None:
     torch.manual_seed(123)
-    images, tokens = torch.rand(2, 3, 16, 16), torch.randint(0, 49000, (2, 8))
+    images, tokens = torch.rand(2, 3, 16, 16), torch.randint(0, 49000, (2, CONTEXT_LENGTH))
     out = engine(images, tokens)
     image_features, text_features = out[0], out[1]
     engine.backward((image_features * text_features).sum())
@@ -88,7 +85,7 @@ def runs(tmp_path_factory) -> SimpleNamespace:
     data = write_synthetic_dataset(root / "data", 4, 8, image_size=16, shard_size=8)
     config = yaml.safe_dump(
         {
-            "data": {"image_size": 16, "tokenizer": "ViT-M-16", "context_length": 8},
+            "data": {"image_size": 16, "tokenizer": "ViT-M-16", "context_length": CONTEXT_LENGTH},
             "model": {"model_name": "ViT-M-16", "model_kwargs": MODEL_KWARGS},
         }
     )
@@ -195,17 +192,8 @@ def test_deepspeed_types_are_named_by_their_import_path_and_load(tmp_path):
     assert type(loaded) is DynamicLossScaler and vars(loaded) == vars(scaler)
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "zeroshot_eval", REPO / "tools" / "zeroshot_eval.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _evaluate(runs, checkpoint: Path) -> dict:
-    return _tool().main(
+def _evaluate(runs, checkpoint: Path, program) -> dict:
+    return program("tools/zeroshot_eval").main(
         [
             "--checkpoint", str(checkpoint),
             "--data", runs.data.heldout,
@@ -215,19 +203,19 @@ def _evaluate(runs, checkpoint: Path) -> dict:
     )  # fmt: skip
 
 
-def test_own_checkpoints_evaluate(runs):
+def test_own_checkpoints_evaluate(runs, program):
     saved = runs.saved[2]
     state = read_weights(saved.path)
     assert state.keys() == saved.params.keys()
     for name, value in state.items():
         assert torch.equal(value, saved.params[name]), name
-    assert _evaluate(runs, saved.path)["samples"] == 8
+    assert _evaluate(runs, saved.path, program)["samples"] == 8
 
 
-def test_evaluating_a_crafted_checkpoint_runs_nothing(runs, tmp_path):
+def test_evaluating_a_crafted_checkpoint_runs_nothing(runs, tmp_path, program):
     path, marker = _crafted_copy(runs.saved[0].path, tmp_path / "step-00000001", MODEL_STATES)
     with pytest.raises(SystemExit) as err:  # the tool's one-line error, no traceback
-        _evaluate(runs, path)
+        _evaluate(runs, path, program)
     message = str(err.value.code)
     assert message.startswith("error: ") and "\n" not in message
     assert MODEL_STATES in message and "io.open" in message

@@ -3,9 +3,7 @@ budget, and tools/codec_compare.py end to end on tiny images."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,15 +66,12 @@ def test_best_under_a_budget_is_the_highest_quality_that_fits() -> None:
         ImageCodec("gif", images)
 
 
-def test_codec_compare_end_to_end(tmp_path: Path) -> None:
+def test_codec_compare_end_to_end(tmp_path: Path, program) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
     for i, image in enumerate(photo_like(3, 32)):
         Image.fromarray(image).save(folder / f"p{i}.png")
-    spec = importlib.util.spec_from_file_location("codec_compare", TOOLS / "codec_compare.py")
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules["codec_compare"] = tool
-    spec.loader.exec_module(tool)  # type: ignore[union-attr]
+    tool = program("tools/codec_compare")
     out, picture = tmp_path / "rd.json", tmp_path / "rd.png"
     argv = [str(folder), "--size", "32", "--gaussians", "8,16,32", "--iters", "2", "--backend"]
     argv += ["torch", "--device", "cpu", "--bd-range", "600,900", "--json", str(out)]

@@ -4,11 +4,9 @@ carries on exactly across a resync. Ends with a seeded fuzz run of ``tools/fuzz_
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
-import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -342,20 +340,12 @@ def test_every_event_of_a_damaged_shard_is_a_sample_or_a_count(
         assert len(whole) + lost == held, shard
 
 
-def fuzz_tool():
-    spec = importlib.util.spec_from_file_location("fuzz_shards", TOOLS / "fuzz_shards.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_shards"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-def test_seeded_fuzz(tmp_path: Path, capsys) -> None:
+def test_seeded_fuzz(tmp_path: Path, capsys, program) -> None:
     """Every judged kind of damage, 15 copies each, over generated img2dataset-style shards."""
     for i in range(3):
         write_shard(tmp_path / f"{i:05d}.tar", n=20 + 5 * i)
     out = tmp_path / "fuzz.json"
-    tool = fuzz_tool()
+    tool = program("tools/fuzz_shards")
     pattern = f"{tmp_path}/{{00000..00002}}.tar"
     assert tool.main([pattern, "--cases", "75", "--seed", "7", "--json", str(out)]) == 0
     result = json.loads(out.read_text())

@@ -4,14 +4,12 @@ one-line error or a counted skip with the run going on."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
 import os
 import sqlite3
 import struct
-import sys
 import tarfile
 import time
 import zlib
@@ -74,14 +72,6 @@ def epoch_keys(loader) -> list[str]:
     return [k for batch in loader for k in batch["keys"]]
 
 
-def tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 # ---------------------------------------------------------------------- listing and counting
 @pytest.fixture()
 def bad_folder(tmp_path: Path) -> Path:
@@ -134,21 +124,21 @@ def test_side_files_named_directly_are_not_a_tar(bad_folder: Path) -> None:
 
 @pytest.mark.parametrize("pattern", ["{dir}", "{dir}/missing-{{000..003}}.tar"])
 def test_an_epoch_of_nothing_is_an_error_naming_the_pattern(
-    tmp_path: Path, capsys, pattern: str
+    tmp_path: Path, capsys, pattern: str, program
 ) -> None:
     pattern = pattern.format(dir=tmp_path)
     with pytest.raises(EmptyEpoch, match="yielded no samples"):
         epoch_keys(build_loader(tiny_data(pattern), TINY_FIT))
     with pytest.raises(ConfigError, match="no usable sample"):
         count_samples(pattern)
-    bench = tool("benchmark_loader")
+    bench = program("tools/benchmark_loader")
     args = ["--shards", pattern, "--backend", "torch", "--gaussians", "4", "--iters", "1"]
     assert bench.main([*args, "--image-size", "8", "--epochs", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: epoch 0 yielded no samples") and repr(pattern) in err
 
 
-def test_unbalanced_braces_are_one_line_errors(tmp_path: Path, capsys) -> None:
+def test_unbalanced_braces_are_one_line_errors(tmp_path: Path, capsys, program) -> None:
     pattern = f"{tmp_path}/{{00000..00003.tar"
     with pytest.raises(ValueError, match="unbalanced braces"):
         expand_shards(pattern)
@@ -157,7 +147,7 @@ def test_unbalanced_braces_are_one_line_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match="data.shards: .*unbalanced braces"):
         load_config(DataConfig, None, [f"shards={pattern}"])
     with pytest.raises(SystemExit) as exit_info:
-        tool("benchmark_loader").main(["--shards", pattern])
+        program("tools/benchmark_loader").main(["--shards", pattern])
     assert exit_info.value.code == 2 and "unbalanced braces" in capsys.readouterr().err
 
 

@@ -5,10 +5,8 @@ export_splats and reading the exported splat shards back without fitting."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
@@ -36,15 +34,7 @@ TINY = [
 ]
 
 
-def tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-def test_make_shards_from_folder_and_table(tmp_path: Path) -> None:
+def test_make_shards_from_folder_and_table(tmp_path: Path, program) -> None:
     src = tmp_path / "photos"
     (src / "sub").mkdir(parents=True)
     for i, colour in enumerate(["red", "green", "blue"]):
@@ -56,7 +46,7 @@ def test_make_shards_from_folder_and_table(tmp_path: Path) -> None:
     out = tmp_path / "shards"
     summary = tmp_path / "summary.json"
     assert (
-        tool("make_shards").main(
+        program("tools/make_shards").main(
             ["folder", str(src), "--out", str(out), "--shard-size", "1", "--json", str(summary)]
         )
         == 0
@@ -74,7 +64,7 @@ def test_make_shards_from_folder_and_table(tmp_path: Path) -> None:
         csv.writer(f).writerows(
             [["path", "caption"], ["sub/blue.png", "blue!"], ["sub/red.png", "red!"]]
         )
-    tool("make_shards").main(
+    program("tools/make_shards").main(
         ["folder", str(src), "--captions", str(table), "--out", str(tmp_path / "t")]
     )
     samples = list(
@@ -88,7 +78,7 @@ def test_make_shards_from_folder_and_table(tmp_path: Path) -> None:
     assert Image.open(io.BytesIO(samples[0].members["png"])).getpixel((0, 0)) == (0, 0, 255)
 
 
-def test_make_shards_table_with_absolute_and_file_urls(tmp_path: Path) -> None:
+def test_make_shards_table_with_absolute_and_file_urls(tmp_path: Path, program) -> None:
     photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
     photos.mkdir()
     elsewhere.mkdir()
@@ -110,7 +100,9 @@ def test_make_shards_table_with_absolute_and_file_urls(tmp_path: Path) -> None:
     summary = tmp_path / "s.json"
     args = ["folder", str(photos), "--captions", str(table), "--path-column", "url"]
     assert (
-        tool("make_shards").main([*args, "--out", str(tmp_path / "out"), "--json", str(summary)])
+        program("tools/make_shards").main(
+            [*args, "--out", str(tmp_path / "out"), "--json", str(summary)]
+        )
         == 0
     )
     result = json.loads(summary.read_text())
@@ -120,7 +112,7 @@ def test_make_shards_table_with_absolute_and_file_urls(tmp_path: Path) -> None:
     assert sources == [str(elsewhere / "blue dot.png"), str(elsewhere / "green.png"), "red.png"]
 
 
-def test_make_shards_skips_bad_sidecars(tmp_path: Path) -> None:
+def test_make_shards_skips_bad_sidecars(tmp_path: Path, program) -> None:
     src = tmp_path / "photos"
     src.mkdir()
     for name in ("a", "b", "c"):
@@ -130,7 +122,7 @@ def test_make_shards_skips_bad_sidecars(tmp_path: Path) -> None:
     (src / "c.json").write_text("[1, 2]")  # JSON, but not an object
     summary = tmp_path / "s.json"
     assert (
-        tool("make_shards").main(
+        program("tools/make_shards").main(
             ["folder", str(src), "--out", str(tmp_path / "o"), "--json", str(summary)]
         )
         == 0
@@ -139,10 +131,12 @@ def test_make_shards_skips_bad_sidecars(tmp_path: Path) -> None:
     assert result["samples"] == 1 and result["skipped"] == {"bad_caption": 1, "bad_json": 1}
 
 
-def test_make_shards_with_nothing_to_write_is_an_error(tmp_path: Path, capsys) -> None:
+def test_make_shards_with_nothing_to_write_is_an_error(tmp_path: Path, capsys, program) -> None:
     (tmp_path / "empty").mkdir()
     assert (
-        tool("make_shards").main(["folder", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+        program("tools/make_shards").main(
+            ["folder", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]
+        )
         == 1
     )
     assert "error: no samples written" in capsys.readouterr().err
@@ -156,16 +150,16 @@ def test_make_shards_with_nothing_to_write_is_an_error(tmp_path: Path, capsys) -
         ["folder", "{src}", "--out", "{out}", "--captions", "{src}/none.csv"],
     ],
 )
-def test_make_shards_usage_errors(tmp_path: Path, capsys, args: list[str]) -> None:
+def test_make_shards_usage_errors(tmp_path: Path, capsys, args: list[str], program) -> None:
     args = [a.format(src=tmp_path, out=tmp_path / "out") for a in args]
     with pytest.raises(SystemExit) as exit_info:
-        tool("make_shards").main(args)
+        program("tools/make_shards").main(args)
     assert exit_info.value.code == 2 and "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def synthetic(tmp_path_factory: pytest.TempPathFactory, program) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     args = [
         "synthetic",
@@ -180,7 +174,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--image-size",
         "16",
     ]
-    tool("make_shards").main(args)
+    program("tools/make_shards").main(args)
     return out
 
 
@@ -231,7 +225,7 @@ def test_the_held_out_split_in_clip_benchmarks_layout(synthetic: Path) -> None:
         assert samples[sample.key] == ("png", sample.members["png"], label)
 
 
-def test_make_shards_labelled_writes_clip_benchmarks_layout(tmp_path: Path) -> None:
+def test_make_shards_labelled_writes_clip_benchmarks_layout(tmp_path: Path, program) -> None:
     src = tmp_path / "imagefolder"
     for name, colour in (("cat", "red"), ("dog", "blue")):
         (src / name).mkdir(parents=True)
@@ -242,7 +236,7 @@ def test_make_shards_labelled_writes_clip_benchmarks_layout(tmp_path: Path) -> N
     out, summary = tmp_path / "wds", tmp_path / "summary.json"
     argv = ["labelled", str(src), "--out", str(out), "--classnames", str(tmp_path / "names.txt"),
             "--templates", "simple", "--shard-size", "2", "--json", str(summary)]  # fmt: skip
-    assert tool("make_shards").main(argv) == 0
+    assert program("tools/make_shards").main(argv) == 0
     result = json.loads(summary.read_text())
     assert (result["samples"], result["shards"], result["reencoded"]) == (4, 2, 2)
     assert result["skipped"] == {"bad_image": 1}
@@ -257,7 +251,9 @@ def test_make_shards_labelled_writes_clip_benchmarks_layout(tmp_path: Path) -> N
     assert templates[0] == "itap of a {c}." and len(templates) == 7
 
 
-def test_benchmark_then_export_then_read_splat_shards(synthetic: Path, tmp_path: Path) -> None:
+def test_benchmark_then_export_then_read_splat_shards(
+    synthetic: Path, tmp_path: Path, program
+) -> None:
     shards = json.loads((synthetic / "classes.json").read_text())["train"]
     cache, report = tmp_path / "cache", tmp_path / "bench.json"
     argv = [
@@ -273,7 +269,7 @@ def test_benchmark_then_export_then_read_splat_shards(synthetic: Path, tmp_path:
         "--json",
         str(report),
     ]
-    assert tool("benchmark_loader").main(argv) == 0
+    assert program("tools/benchmark_loader").main(argv) == 0
     epochs = json.loads(report.read_text())["epochs"]
     assert [(e["samples"], e["cache_hits"], e["cache_misses"], e["skipped"]) for e in epochs] == [
         (24, 0, 24, {}),
@@ -282,7 +278,7 @@ def test_benchmark_then_export_then_read_splat_shards(synthetic: Path, tmp_path:
     assert all(e["seconds"] > 0 for e in epochs)
 
     out, summary = tmp_path / "splat_shards", tmp_path / "export.json"
-    tool("export_splats").main(
+    program("tools/export_splats").main(
         [
             "--shards",
             shards,
@@ -300,7 +296,7 @@ def test_benchmark_then_export_then_read_splat_shards(synthetic: Path, tmp_path:
     exported = json.loads(summary.read_text())
     assert (exported["exported"], exported["from_cache"], exported["n_shards"]) == (24, 24, 3)
     empty_cache = ["--cache", str(tmp_path / "empty_cache"), "--out", str(tmp_path / "none")]
-    assert tool("export_splats").main(["--shards", shards, *empty_cache, *TINY]) == 1
+    assert program("tools/export_splats").main(["--shards", shards, *empty_cache, *TINY]) == 1
 
     data = DataConfig(shards=shards, image_size=8, batch_size=8, cache_dir=str(cache), log_every=0)
     fit_cfg = FitConfig(gaussians=4, iters=2, backend="torch", device="cpu")

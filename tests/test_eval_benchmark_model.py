@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import TINY_CLIP
 
 from streamfit.config import save_config
 from streamfit.data import DataConfig
@@ -31,22 +32,11 @@ from streamfit.train.checkpoint import save_weights
 from streamfit.train.config import AdaptConfig, RGBPretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_KWARGS = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+MODEL_KWARGS = TINY_CLIP
 HAS_CLIP_BENCHMARK = importlib.util.find_spec("clip_benchmark") is not None
 needs_clip_benchmark = pytest.mark.skipif(
     not HAS_CLIP_BENCHMARK, reason="clip_benchmark not installed (pip install -e '.[eval]')"
 )
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +157,8 @@ def test_a_directory_that_is_no_run_or_the_wrong_kind_is_refused(runs, tmp_path)
         load_benchmark_model("gs", runs.rgb)
 
 
-def test_zeroshot_eval_of_a_run_evaluates_as_its_eval_section_says(runs, tmp_path):
-    tool = _tool("zeroshot_eval")
+def test_zeroshot_eval_of_a_run_evaluates_as_its_eval_section_says(runs, tmp_path, program):
+    tool = program("tools/zeroshot_eval")
     out = tool.main(["--run", str(runs.gs), "--classifier-cache", str(tmp_path)])
     assert (out["samples"], out["classes"], out["model"]) == (40, 16, "gs")
     assert out["data"] == runs.data.heldout and out["classifier_from_cache"] == 0.0
@@ -177,8 +167,8 @@ def test_zeroshot_eval_of_a_run_evaluates_as_its_eval_section_says(runs, tmp_pat
     assert tool.main(["--run", str(runs.gs), "max_samples=8"])["samples"] == 8
 
 
-def test_topk_accuracy_is_clip_benchmarks_without_its_numpy_bug():
-    tool = _tool("clip_benchmark")
+def test_topk_accuracy_is_clip_benchmarks_without_its_numpy_bug(program):
+    tool = program("tools/clip_benchmark")
     torch.manual_seed(0)
     logits, labels = torch.randn(50, 7), torch.randint(0, 7, (50,))
     top = logits.topk(5, dim=1).indices
@@ -188,10 +178,10 @@ def test_topk_accuracy_is_clip_benchmarks_without_its_numpy_bug():
 
 @needs_clip_benchmark
 @pytest.mark.parametrize("kind", ["gs", "rgb"])
-def test_clip_benchmark_gives_the_zero_shot_evaluations_figures(runs, tmp_path, kind):
+def test_clip_benchmark_gives_the_zero_shot_evaluations_figures(runs, tmp_path, kind, program):
     run = runs.gs if kind == "gs" else runs.rgb
     out = tmp_path / "out.json"
-    rc = _tool("clip_benchmark").main(
+    rc = program("tools/clip_benchmark").main(
         [
             "eval", "--model_type", f"streamfit_{kind}", "--model", str(run),
             "--dataset", "wds/shapes", "--dataset_root", runs.data.clip_benchmark,
@@ -201,15 +191,15 @@ def test_clip_benchmark_gives_the_zero_shot_evaluations_figures(runs, tmp_path, 
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["pretrained"] == "streamfit"
-    reference = _tool("zeroshot_eval").main(["--run", str(run)])  # the run's own eval split
+    reference = program("tools/zeroshot_eval").main(["--run", str(run)])  # the run's own eval split
     assert reference["samples"] == 40
     assert result["metrics"]["acc1"] == pytest.approx(reference["top1"], abs=1e-9)
     assert result["metrics"]["acc5"] == pytest.approx(reference["top5"], abs=1e-9)
 
 
 @needs_clip_benchmark
-def test_clip_benchmark_refuses_a_directory_that_is_no_run(tmp_path, capsys):
-    rc = _tool("clip_benchmark").main(
+def test_clip_benchmark_refuses_a_directory_that_is_no_run(tmp_path, capsys, program):
+    rc = program("tools/clip_benchmark").main(
         ["eval", "--model_type", "streamfit_gs", "--model", str(tmp_path), "--dataset", "wds/x",
          "--dataset_root", str(tmp_path), "--num_workers", "0"]
     )  # fmt: skip

@@ -12,16 +12,13 @@ from functools import partial
 
 import pytest
 import torch
+from tiny_models import TINY_CLIP
 
 from streamfit.eval import class_prompts, zero_shot_classifier
 from streamfit.eval.classifier_cache import ClassifierCache, classifier_key, open_cache
 from streamfit.models import GSModelConfig, build_gs_clip, load_teacher
 
-MODEL_KWARGS = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+MODEL_KWARGS = TINY_CLIP
 CLASSES = ["cat", "dog", "bird"]
 TEMPLATES = [partial(str.format, "a photo of a {}."), partial(str.format, "a {} picture.")]
 

@@ -5,7 +5,6 @@ images; tools/zeroshot_eval.py end to end on an RGB model and a GS checkpoint's 
 from __future__ import annotations
 
 import ast
-import importlib.util
 import io
 import json
 import subprocess
@@ -20,6 +19,7 @@ import torch
 from open_clip import build_zero_shot_classifier, get_tokenizer
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
+from tiny_models import TINY_CLIP
 
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.eval import ZeroShotTally, load_classnames, load_templates
@@ -27,20 +27,7 @@ from streamfit.models import load_teacher
 from streamfit.train.checkpoint import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_KWARGS = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "zeroshot_eval", REPO / "tools" / "zeroshot_eval.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+MODEL_KWARGS = TINY_CLIP
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +79,9 @@ def _open_clip_reference(setup, monkeypatch) -> tuple[float, float, torch.Tensor
     return top1, top5, classifier
 
 
-def test_tool_agrees_with_open_clip_on_an_rgb_model(setup, tmp_path, monkeypatch):
+def test_tool_agrees_with_open_clip_on_an_rgb_model(setup, tmp_path, monkeypatch, program):
     ref_top1, ref_top5, _ = _open_clip_reference(setup, monkeypatch)
-    out = _tool().main(
+    out = program("tools/zeroshot_eval").main(
         [
             "--model", "ViT-M-16",
             "--pretrained", str(setup.weights),
@@ -155,11 +142,10 @@ def test_class_lists_and_templates(tmp_path):
 
 def test_the_tool_evaluates_without_the_training_package():
     # evaluation is a library below training: the tool must load without streamfit.train
-    path = REPO / "tools" / "zeroshot_eval.py"
     code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('zeroshot_eval', {str(path)!r})\n"
-        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from programs import load_program\n"
+        "load_program('tools/zeroshot_eval')\n"
         "print(sorted(m for m in sys.modules if m.startswith('streamfit.')))"
     )
     out = subprocess.run(

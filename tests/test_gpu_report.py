@@ -3,9 +3,7 @@ totals over totals without the start-up window, and null fields for what is miss
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +12,8 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "gpu_report.py"
 
 
 @pytest.fixture(scope="module")
-def gpu_report():
-    spec = importlib.util.spec_from_file_location("tool_gpu_report", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def gpu_report(program):
+    return program("tools/gpu_report")
 
 
 def window(epoch: int, samples: int, seconds: float, fit_gpu: float, steps_gpu: float) -> dict:

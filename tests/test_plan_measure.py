@@ -6,17 +6,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from tiny_models import CONTEXT_LENGTH, TINY_CLIP
+
 from streamfit import plan_measure
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.fit import FitConfig
 from streamfit.plan import Dataset, Rates, Recipe
 from streamfit.train.distributed import init_distributed
-
-TINY_MODEL = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 16, "layers": 2, "head_width": 8},
-    "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 
 
 def test_training_rate_times_the_library_gs_step(tmp_path: Path, monkeypatch) -> None:
@@ -25,14 +21,14 @@ def test_training_rate_times_the_library_gs_step(tmp_path: Path, monkeypatch) ->
     cfg = replace(
         cfg,
         model=replace(
-            cfg.model, model_kwargs=TINY_MODEL, num_tokens=4, latent_dim=16, stem_dim=16,
+            cfg.model, model_kwargs=TINY_CLIP, num_tokens=4, latent_dim=16, stem_dim=16,
             fourier_freqs=2, resampler_layers=1, resampler_heads=2, unfrozen_blocks=1,
         ),
         train=replace(cfg.train, epochs=1, warmup_steps=0),
     )  # fmt: skip
     data = replace(
         cfg.data, shards=f"{tmp_path}/train-*.tar", cache_dir=f"{tmp_path}/cache", image_size=16,
-        batch_size=2, context_length=8, decode_workers=1, log_every=0,
+        batch_size=2, context_length=CONTEXT_LENGTH, decode_workers=1, log_every=0,
     )  # fmt: skip
     steps = []
 

@@ -18,6 +18,7 @@ import torch
 import yaml
 from open_clip.pretrained import get_pretrained_cfg
 from safetensors.torch import save_file
+from tiny_models import TINY_CLIP
 
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.models import load_teacher
@@ -26,11 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 # a process group made in this pytest process (other tests) must not leak its rank or port
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 MODEL, TAG = "ViT-B-16", "datacomp_xl_s13b_b90k"
-MODEL_KWARGS = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+MODEL_KWARGS = TINY_CLIP
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

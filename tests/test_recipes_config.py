@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,16 +9,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _recipe(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def adapt():
-    return _recipe("gsclip_adapt")
+def adapt(program):
+    return program("recipes/gsclip_adapt")
 
 
 def _exit_message(capsys, fn, *args) -> str:

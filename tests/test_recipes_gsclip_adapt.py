@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_models import TINY_CLIP
 
 from streamfit.data.synthetic import write_split, write_synthetic_dataset
 from streamfit.eval.weights import read_weights
@@ -23,11 +24,7 @@ from streamfit.train.checkpoint import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "gsclip_adapt.py"
-MODEL_KWARGS = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+MODEL_KWARGS = TINY_CLIP
 N_TRAIN = 48  # 4 shards of 12, batches of 8: 6 batches an epoch
 
 

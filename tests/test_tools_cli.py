@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,17 +40,9 @@ class _Parsed(Exception):
         self.cfg = cfg
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _config_of(name: str, argv: list[str], monkeypatch) -> object:
+def _config_of(name: str, argv: list[str], monkeypatch, program) -> object:
     """The config ``tools/{name}.py`` resolves from ``argv`` (the tool does no work)."""
-    module = _tool(name)
+    module = program(f"tools/{name}")
 
     def parse(*args, **kwargs):
         raise _Parsed(cli.parse_tool_args(*args, **kwargs)[1])
@@ -72,25 +62,27 @@ def test_every_tool_is_covered():
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_help_names_config_and_overrides(name, capsys):
+def test_help_names_config_and_overrides(name, capsys, program):
     with pytest.raises(SystemExit) as stop:
-        _tool(name).main(["--help"])
+        program(f"tools/{name}").main(["--help"])
     assert stop.value.code == 0
     text = capsys.readouterr().out
     assert "--config" in text and "key=value" in text
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_override_and_config_file_reach_the_config(name, tmp_path, monkeypatch):
+def test_override_and_config_file_reach_the_config(name, tmp_path, monkeypatch, program):
     required, override, get, value = CASES[name]
-    assert get(_config_of(name, [*required, override], monkeypatch)) == value
+    assert get(_config_of(name, [*required, override], monkeypatch, program)) == value
     # the same setting from a YAML file (nested keys as YAML mappings)
     key, text = override.split("=")
     *parents, leaf = key.split(".")
     yaml = "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parents))
     config = tmp_path / "c.yaml"
     config.write_text(f"{yaml}{'  ' * len(parents)}{leaf}: {text}\n")
-    assert get(_config_of(name, ["--config", str(config), *required], monkeypatch)) == value
+    assert (
+        get(_config_of(name, ["--config", str(config), *required], monkeypatch, program)) == value
+    )
 
 
 @dataclass

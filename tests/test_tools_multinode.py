@@ -3,9 +3,7 @@ once per epoch, the second epoch from the nodes' caches, bad layouts refused).""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,14 +16,6 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 TINY = ["--backend", "torch", "--device", "cpu", "--gaussians", "4", "--iters", "2"]
 
 
-def tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
     """7 shards of unequal sizes (6 of 7 samples, one of 3)."""
@@ -34,16 +24,16 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
 
 
-def bench(shards: str, tmp_path: Path, *extra: str) -> list[dict]:
+def bench(program, shards: str, tmp_path: Path, *extra: str) -> list[dict]:
     report = tmp_path / "bench.json"
     argv = ["--shards", shards, "--cache", str(tmp_path / "cache"), "--image-size", "8"]
     argv += ["--batch-size", "4", "--json", str(report), *TINY, *extra]
-    assert tool("benchmark_loader").main(argv) == 0
+    assert program("tools/benchmark_loader").main(argv) == 0
     return json.loads(report.read_text())["epochs"]
 
 
-def test_all_ranks_of_four_nodes(shards: str, tmp_path: Path) -> None:
-    epochs = bench(shards, tmp_path, "--world-size", "8", "--nodes", "4", "--epochs", "3")
+def test_all_ranks_of_four_nodes(shards: str, tmp_path: Path, program) -> None:
+    epochs = bench(program, shards, tmp_path, "--world-size", "8", "--nodes", "4", "--epochs", "3")
     for e in epochs:
         assert (e["samples"], e["distinct"], e["duplicates"], e["skipped"]) == (45, 45, 0, {})
         assert len(e["ranks"]) == 8 and sum(r["samples"] for r in e["ranks"]) == 45
@@ -54,12 +44,12 @@ def test_all_ranks_of_four_nodes(shards: str, tmp_path: Path) -> None:
     ]
 
 
-def test_bad_layouts_are_refused(shards: str, tmp_path: Path, capsys) -> None:
+def test_bad_layouts_are_refused(shards: str, tmp_path: Path, capsys, program) -> None:
     with pytest.raises(SystemExit):  # 3 nodes cannot hold 8 ranks equally
-        bench(shards, tmp_path, "--world-size", "8", "--nodes", "3")
+        bench(program, shards, tmp_path, "--world-size", "8", "--nodes", "3")
     assert "must divide --world-size" in capsys.readouterr().err
     argv = ["--shards", shards, "--cache", str(tmp_path / "c"), "--world-size", "8"]
-    assert tool("benchmark_loader").main([*argv, "--nodes", "8", *TINY]) == 2
+    assert program("tools/benchmark_loader").main([*argv, "--nodes", "8", *TINY]) == 2
     assert "7 shards cannot give each of 8 nodes a share" in capsys.readouterr().err
 
 
@@ -75,8 +65,8 @@ RATES = [
 ]
 
 
-def test_plan_run_preset_with_measured_rates(tmp_path: Path) -> None:
-    plan_run = tool("plan_run")
+def test_plan_run_preset_with_measured_rates(tmp_path: Path, program) -> None:
+    plan_run = program("tools/plan_run")
     out = tmp_path / "plan.json"
     assert plan_run.main(["--preset", "datacomp-small", *RATES, "--json", str(out)]) == 0
     plan = json.loads(out.read_text())
@@ -123,8 +113,8 @@ def test_plan_run_fit_rate_from_benchmark_fit_rows(tmp_path: Path) -> None:
     assert rate == pytest.approx(450.0) and "scaled" in label
 
 
-def test_plan_run_bad_input(tmp_path: Path, capsys) -> None:
-    plan_run = tool("plan_run")
+def test_plan_run_bad_input(tmp_path: Path, capsys, program) -> None:
+    plan_run = program("tools/plan_run")
     assert plan_run.main(["--preset", "imagenet-1k", "--nodes", "2000", *RATES]) == 2
     assert "cannot give each of 2000 nodes" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -146,7 +136,7 @@ def test_demo_comparison_tolerance() -> None:
     assert check["ok"] and check["relative_error"]["fit_seconds"] < -0.5
 
 
-def test_plan_run_gpu_rates_from_the_gpu_report(tmp_path: Path, capsys) -> None:
+def test_plan_run_gpu_rates_from_the_gpu_report(tmp_path: Path, capsys, program) -> None:
     rows = [
         {"batch": b, "gaussians": 400, "iters": 16, "height": 224, "images_per_s": rate}
         for b, rate in ((256, 8000.0), (4096, 10000.0))
@@ -157,7 +147,7 @@ def test_plan_run_gpu_rates_from_the_gpu_report(tmp_path: Path, capsys) -> None:
     path.write_text(json.dumps(report))
     out = tmp_path / "plan.json"
     argv = ["--preset", "imagenet-1k", "--decode-rate", "300", "--loader-rate", "800"]
-    assert tool("plan_run").main([*argv, f"gpu_report={path}", "--json", str(out)]) == 0
+    assert program("tools/plan_run").main([*argv, f"gpu_report={path}", "--json", str(out)]) == 0
     rates = json.loads(out.read_text())["rates"]
     # the loader's batch of 256, carried from 16 to the recipe's 200 iterations
     assert rates["fit"] == pytest.approx(8000.0 * 16 / 200)
@@ -165,7 +155,7 @@ def test_plan_run_gpu_rates_from_the_gpu_report(tmp_path: Path, capsys) -> None:
     assert "GPU X" in rates["sources"]["fit"] and "warm" in rates["sources"]["train"]
     # without a report, a GPU rate found nowhere is an error naming its flags
     argv += ["--gpu-report", str(tmp_path / "none.json")]
-    assert tool("plan_run").main([*argv, "--train-rate", "700"]) == 2
+    assert program("tools/plan_run").main([*argv, "--train-rate", "700"]) == 2
     assert "no fit rate: give --fit-json FILE" in capsys.readouterr().err
 
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import TINY_CLIP
 
 from streamfit.models import GSModelConfig, build_gs_clip
 from streamfit.train.config import TrainConfig
@@ -14,11 +15,7 @@ from streamfit.train.distributed import init_distributed
 from streamfit.train.engine import build_engine, group_lrs
 from streamfit.train.schedule import WarmupCosine, build_scheduler
 
-MODEL_KWARGS = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 2, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+MODEL_KWARGS = TINY_CLIP
 
 
 def test_warmup_cosine_shape():
