@@ -31,12 +31,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _skip_shared_memory_collectives() -> None:
+    """On a CPU, DeepSpeed builds its shared-memory collectives, a C++ op compiled on each
+    machine's first run (tens of seconds); the CPU runs here (the demo, the tests) are served
+    by gloo's. A DeepSpeed without the hook builds it as before."""
+    import importlib
+
+    ds_comm = importlib.import_module("deepspeed.comm.torch")
+    if hasattr(ds_comm, "build_shm_op"):
+        ds_comm.build_shm_op = lambda: None
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     """Join (or create) the process group the DeepSpeed way; returns (rank, world_size,
     device): ``cuda:LOCAL_RANK`` on GPU machines, the CPU (gloo) otherwise."""
     set_single_process_env()
     import deepspeed
 
+    if not torch.cuda.is_available():
+        _skip_shared_memory_collectives()
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     global _control
     if dist.get_backend() != "gloo" and dist.get_world_size() > 1:
