@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -79,15 +80,22 @@ parameter_gradients = _device(splat_math.parameter_gradients)
 
 # ------------------------------------------------------------------ warp primitives
 if SIMULATOR:
+    # each simulated GPU thread is a Python thread: its own count of the shuffles it made
+    _shuffles = threading.local()
 
     @_device
     def shfl_xor(value, lane_mask, scratch):
-        """``value`` of lane ``lane ^ lane_mask`` (through shared ``scratch [threads]``)."""
+        """``value`` of lane ``lane ^ lane_mask``, through shared ``scratch [2 * threads]``:
+        the halves alternate from one shuffle to the next (every thread of the block makes
+        the same shuffles), so one barrier a shuffle suffices (a thread can only overwrite
+        a half after every thread has passed the barrier of the shuffle between)."""
         tid = cuda.threadIdx.x
+        count = getattr(_shuffles, "count", 0)
+        _shuffles.count = count + 1
+        half = (count % 2) * (scratch.shape[0] // 2)
+        scratch[half + tid] = value
         cuda.syncthreads()
-        scratch[tid] = value
-        cuda.syncthreads()
-        return scratch[tid ^ lane_mask]
+        return scratch[half + (tid ^ lane_mask)]
 
     @_device
     def warp_sync():
@@ -238,6 +246,7 @@ def build(tile: int) -> SimpleNamespace:
     check_tile(tile)
     rows = ROWS_PER_THREAD[tile]
     threads = tile * tile // rows
+    scratch_size = threads * (2 if SIMULATOR else 1)  # the simulator's shuffles use 2 halves
 
     @cuda.jit(device=True, fastmath=FASTMATH)
     def stage_word(proj_b, word, w, tid, staged, staged_index):
@@ -338,7 +347,7 @@ def build(tile: int) -> SimpleNamespace:
         bits_bt = bits[b, cuda.blockIdx.x]
         staged = cuda.shared.array((8, WARP), np.float32)
         staged_index = cuda.shared.array(WARP, np.int32)
-        scratch = cuda.shared.array(threads, np.float32)
+        scratch = cuda.shared.array(scratch_size, np.float32)
         acc_r = cuda.local.array(rows, np.float32)
         acc_g = cuda.local.array(rows, np.float32)
         acc_b = cuda.local.array(rows, np.float32)

@@ -259,7 +259,7 @@ def test_adam_step_matches_interface_definition(backend):
 @pytest.mark.parametrize(
     ("images", "gaussians", "iters", "pruning", "tolerance"),
     [
-        ("random 2x8x16", 8, 4, {"l1": 0.01, "prune_luminance": 0.03, "prune_every": 1}, 0.05),
+        ("random 2x8x8", 8, 4, {"l1": 0.01, "prune_luminance": 0.03, "prune_every": 1}, 0.05),
         *full_size(
             ("smooth 3x28x36", 30, 60, {"l1": 0.01, "prune_luminance": 0.02, "prune_every": 5}, 0.1)
         ),
@@ -295,8 +295,8 @@ def test_fit_drops_an_image_with_a_non_finite_pixel(backend):
 @pytest.mark.parametrize(("size", "gaussians", "iters"), [(8, 4, 4), *full_size((20, 16, 10))])
 def test_fit_drops_an_image_that_turns_non_finite_and_continues(backend, size, gaussians, iters):
     """Parameters of image 1 turn NaN after the third Adam step: only that image is dropped,
-    the others end as they would have."""
-    images = blob_images(3, size, size, blobs=8, spread=6).to(backend.device)
+    the other ends as it would have."""
+    images = blob_images(2, size, size, blobs=8, spread=6).to(backend.device)
     cfg = FitConfig(gaussians=gaussians, iters=iters)
     clean = fit(images, cfg, backend)
     step = backend.adam_step
@@ -312,8 +312,8 @@ def test_fit_drops_an_image_that_turns_non_finite_and_continues(backend, size, g
     finally:
         del backend.adam_step
     assert result.dropped == [1] and torch.isnan(result.psnr[1])
-    assert result.splats.counts().tolist() == [gaussians, 0, gaussians]
-    torch.testing.assert_close(result.psnr[[0, 2]], clean.psnr[[0, 2]])
+    assert result.splats.counts().tolist() == [gaussians, 0]
+    torch.testing.assert_close(result.psnr[0], clean.psnr[0])
 
 
 def test_fit_from_a_background_thread(backend):

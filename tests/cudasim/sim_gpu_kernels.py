@@ -55,10 +55,12 @@ def _check(backend, params, mask, target):
 @pytest.mark.parametrize("tile", TILES)
 def test_every_tile_matches_reference(tile):
     """Random splats over several tiles, partial edge tiles, two bitmask words, clipped
-    footprints, different valid counts per image."""
+    footprints; different valid counts per image at tile 8 (one image for the larger tiles,
+    whose blocks cost the simulator more)."""
     height, width = SHAPES[tile]
-    params, mask = random_splats(2, 40, height, width, seed=tile)
-    target = torch.rand(2, height, width, 3, generator=torch.Generator().manual_seed(tile))
+    images = 2 if tile == 8 else 1
+    params, mask = random_splats(images, 40, height, width, seed=tile)
+    target = torch.rand(images, height, width, 3, generator=torch.Generator().manual_seed(tile))
     _check(CudaBackend(tile=tile), params, mask, target)
 
 
