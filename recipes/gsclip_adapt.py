@@ -27,7 +27,7 @@ from streamfit.cli import parse_recipe_args
 from streamfit.config import ConfigError
 from streamfit.data import EmptyEpoch
 from streamfit.train.config import AdaptConfig
-from streamfit.train.distributed import is_main_process
+from streamfit.train.distributed import is_main_process, shutdown
 from streamfit.train.gs import adapt_gs
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "tiny_cpu.yaml")
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         summary = adapt_gs(cfg, wall_start)
     except (ConfigError, FileNotFoundError, EmptyEpoch) as err:
         sys.exit(f"error: {err}")
+    finally:
+        shutdown()
     if "stopped_at_step" not in summary and is_main_process():
         print_summary(summary, cfg.run.path / "summary.json")
 

@@ -22,6 +22,7 @@ from streamfit.cli import parse_recipe_args
 from streamfit.config import ConfigError
 from streamfit.data import EmptyEpoch
 from streamfit.train.config import RGBPretrainConfig
+from streamfit.train.distributed import shutdown
 from streamfit.train.rgb import pretrain_rgb
 
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "tiny_cpu_rgb.yaml")
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
         summary = pretrain_rgb(cfg)
     except (ConfigError, FileNotFoundError, EmptyEpoch) as err:
         sys.exit(f"error: {err}")
+    finally:
+        shutdown()
     if "best_top1" in summary:
         chosen = "" if summary["val_top1"] is None else f", validation {summary['val_top1']:.3f}"
         top1 = "n/a" if summary["best_top1"] is None else f"{summary['best_top1']:.3f}"

@@ -105,3 +105,15 @@ def is_main_process() -> bool:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (and the control group) before the interpreter exits: a group
+    left to the interpreter's teardown can abort the process as it ends ("terminate called
+    without an active exception")."""
+    global _control
+    if dist.is_initialized():
+        if _control is not None:
+            dist.destroy_process_group(_control)
+            _control = None
+        dist.destroy_process_group()
