@@ -526,21 +526,10 @@ def launch_render(params, mask, tile: int, qcut, proj, box, bad, image) -> None:
     offsets, order, tiles_x, n_tiles = launch_project(
         params, mask, tile, qcut, height, width, proj, box, bad
     )
-    raster_tiles(
-        proj,
-        box,
-        offsets,
-        order,
-        np.empty((0, 0, 0, 3), np.float32),
-        tile,
-        tiles_x,
-        n_tiles // tiles_x,
-        qcut,
-        np.float32(0.0),
-        image,
-        np.empty(0, np.float32),
-        np.empty((0, 8), np.float32),
-    )
+    lists, grid = (proj, box, offsets, order), (tile, tiles_x, n_tiles // tiles_x)
+    no_target, no_loss = np.empty((0, 0, 0, 3), np.float32), np.empty(0, np.float32)
+    no_grad = np.empty((0, 8), np.float32)
+    raster_tiles(*lists, no_target, *grid, qcut, np.float32(0.0), image, no_loss, no_grad)
 
 
 def launch_loss_and_grad(
@@ -556,21 +545,9 @@ def launch_loss_and_grad(
     count = height * width * 3
     tile_sse = np.empty(n_img * n_tiles, np.float32)
     partial = np.empty((order.shape[0], 8), np.float32)
-    raster_tiles(
-        proj,
-        box,
-        offsets,
-        order,
-        target,
-        tile,
-        tiles_x,
-        n_tiles // tiles_x,
-        qcut,
-        np.float32(2.0 / count),
-        np.empty((0, 0, 0, 3), np.float32),
-        tile_sse,
-        partial,
-    )
+    lists, grid = (proj, box, offsets, order), (tile, tiles_x, n_tiles // tiles_x)
+    no_image = np.empty((0, 0, 0, 3), np.float32)
+    raster_tiles(*lists, target, *grid, qcut, np.float32(2.0 / count), no_image, tile_sse, partial)
     reduce_tiles(
         offsets, order, partial, tile_sse, n_tiles, parts, np.float32(1.0 / count), bad, loss, grad
     )

@@ -66,11 +66,12 @@ def main(argv: list[str] | None = None) -> None:
         summary = adapt_gs(cfg, wall_start)
     except (ConfigError, FileNotFoundError, EmptyEpoch) as err:
         sys.exit(f"error: {err}")
-    finally:
-        shutdown()
     if "stopped_at_step" not in summary and is_main_process():
         print_summary(summary, cfg.run.path / "summary.json")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutdown()  # the process group goes before the interpreter's teardown

@@ -34,8 +34,6 @@ def main(argv: list[str] | None = None) -> None:
         summary = pretrain_rgb(cfg)
     except (ConfigError, FileNotFoundError, EmptyEpoch) as err:
         sys.exit(f"error: {err}")
-    finally:
-        shutdown()
     if "best_top1" in summary:
         chosen = "" if summary["val_top1"] is None else f", validation {summary['val_top1']:.3f}"
         top1 = "n/a" if summary["best_top1"] is None else f"{summary['best_top1']:.3f}"
@@ -44,4 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutdown()  # the process group goes before the interpreter's teardown

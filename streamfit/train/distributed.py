@@ -110,7 +110,7 @@ def barrier() -> None:
 def shutdown() -> None:
     """Leave the process group (and the control group) before the interpreter exits: a group
     left to the interpreter's teardown can abort the process as it ends ("terminate called
-    without an active exception")."""
+    without an active exception"). For a program's end: the group cannot be joined again."""
     global _control
     if dist.is_initialized():
         if _control is not None:
