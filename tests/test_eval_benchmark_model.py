@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 from tiny_models import TINY_CLIP
 
-from streamfit.config import save_config
+from streamfit.config import load_config, save_config
 from streamfit.data import DataConfig
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.eval import EvalConfig, LabelledLoader, class_prompts, zero_shot_setup
@@ -121,6 +122,25 @@ def test_the_gs_type_encodes_as_the_zero_shot_evaluation_does_and_caches_its_fit
     theirs = setup.classifier(model.model, data_cfg, torch.device("cpu"))
     assert theirs.from_cache and theirs.key == mine.key
     assert tokenizer(["a picture of the star."]).shape == (1, 16)
+
+
+def test_the_gs_type_stores_splats_in_the_runs_splat_format(runs, tmp_path):
+    """A run trained on fp16 splats is evaluated on fp16 splats, as its own loader gives them."""
+    cfg = load_config(AdaptConfig, runs.gs / "config.yaml")
+    cfg.data.splat_format = "fp16"
+    run = _mkdir(tmp_path / "gs_fp16")
+    save_config(cfg, run / "config.yaml")
+    (run / "best_model.pt").write_bytes((runs.gs / "best_model.pt").read_bytes())
+    model, transform, _ = load_benchmark_model("gs", run, splat_cache="")
+    assert model.splat_source.splat_format == "fp16"
+    images, _ = _heldout_images(runs)
+    features = model.encode_image(torch.stack([transform(im) for im in images[:8]]))
+
+    setup = zero_shot_setup(EvalConfig(data=runs.data.heldout, classnames=runs.classes))
+    data_cfg = replace(cfg.data, cache_dir="", shards="")
+    loader = LabelledLoader(setup.cfg.data, data_cfg, 8, torch.device("cpu"), cfg.fit)
+    expected = model.model.encode_splats(next(iter(loader)).splats)
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_the_rgb_type_normalises_as_the_model_wants(runs):

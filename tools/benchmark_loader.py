@@ -33,7 +33,7 @@ import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,19 +41,12 @@ from tqdm.auto import tqdm
 
 from streamfit.cli import add_loader_flags, parse_tool_args, tool_parser
 from streamfit.config import to_yaml
-from streamfit.data import DataConfig, EmptyEpoch, build_loader
-from streamfit.fit import FitConfig
+from streamfit.data import EmptyEpoch, LoaderRunConfig, build_loader
 from streamfit.report import format_table, write_json
 
 
-@dataclass
-class BenchConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    fit: FitConfig = field(default_factory=FitConfig)
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, BenchConfig]:
-    parser = tool_parser(__doc__, BenchConfig)
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, LoaderRunConfig]:
+    parser = tool_parser(__doc__, LoaderRunConfig)
     flags = add_loader_flags(parser, "shard pattern (brace expansion, ::-separated lists, URLs)")
     flags.update(decode_workers="data.decode_workers", schedule="data.schedule")
     parser.add_argument("--epochs", type=int, default=2)
@@ -66,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Bench
     parser.add_argument("--schedule", choices=("auto", "node", "global"))
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--log-batches", action="store_true", help="log every batch's timing")
-    args, cfg = parse_tool_args(parser, BenchConfig, argv, flags=flags)
+    args, cfg = parse_tool_args(parser, LoaderRunConfig, argv, flags=flags)
     if not cfg.data.shards:
         parser.error("no shards: give --shards or data.shards")
     if not args.log_batches:
@@ -84,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Bench
     return args, cfg
 
 
-def rank_loaders(args: argparse.Namespace, cfg: BenchConfig) -> list:
+def rank_loaders(args: argparse.Namespace, cfg: LoaderRunConfig) -> list:
     """The loaders of the simulated ranks: all of them, each node's on its own cache
     directory, with ``--nodes``; else only ``--rank``."""
     if args.nodes is None:
@@ -98,7 +91,7 @@ def rank_loaders(args: argparse.Namespace, cfg: BenchConfig) -> list:
     return loaders
 
 
-def run(args: argparse.Namespace, cfg: BenchConfig) -> list[dict]:
+def run(args: argparse.Namespace, cfg: LoaderRunConfig) -> list[dict]:
     loaders = rank_loaders(args, cfg)
     results = []
     for epoch in range(args.epochs):

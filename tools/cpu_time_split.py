@@ -59,16 +59,20 @@ VARIANTS = {
 
 @dataclass
 class SplitConfig:
-    """The measured layout: ``batch`` photos of ``size`` x ``size`` from ``shard`` (smooth
-    synthetic images if it is absent), ``gaussians`` structured splats, ``threads`` Numba
-    threads, the fastest of ``repeats`` calls."""
+    """The measured layout; each stage's time is the fastest of ``repeats`` calls."""
 
     batch: int = 8
+    """Photos a call."""
     gaussians: int = 400
+    """Structured splats an image."""
     size: int = 224
+    """Side of the square images."""
     threads: int = 1
+    """Numba threads."""
     repeats: int = 30
+    """Calls timed per stage."""
     shard: str = str(DEFAULT_SHARD)
+    """Photos (.tar); smooth synthetic images when it is absent."""
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, SplitConfig]:

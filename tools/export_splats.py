@@ -24,7 +24,7 @@ import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runt
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -32,27 +32,20 @@ from tqdm.auto import tqdm
 from streamfit import codec
 from streamfit.cli import add_loader_flags, parse_tool_args, tool_parser
 from streamfit.config import to_yaml
-from streamfit.data import DataConfig, EmptyEpoch, build_loader, cache_settings
+from streamfit.data import EmptyEpoch, LoaderRunConfig, build_loader, cache_settings
 from streamfit.data.writer import ShardWriter, shard_pattern
-from streamfit.fit import FitConfig
 from streamfit.report import print_key_values, write_json
 
 
-@dataclass
-class ExportConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    fit: FitConfig = field(default_factory=FitConfig)
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, ExportConfig]:
-    parser = tool_parser(__doc__, ExportConfig)
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, LoaderRunConfig]:
+    parser = tool_parser(__doc__, LoaderRunConfig)
     flags = add_loader_flags(parser, "source shard pattern")
     parser.add_argument("--out", type=Path, required=True, help="folder for the splat shards")
     parser.add_argument("--prefix", default="splats", help="shard names: PREFIX-000000.tar")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per splat shard")
     parser.add_argument("--fit-missing", action="store_true", help="fit samples the cache lacks")
     parser.add_argument("--json", type=Path, help="write the summary here")
-    args, cfg = parse_tool_args(parser, ExportConfig, argv, flags=flags)
+    args, cfg = parse_tool_args(parser, LoaderRunConfig, argv, flags=flags)
     # file order, every sample, no pixels: an export is a plain pass over the shards
     cfg.data = replace(
         cfg.data, shuffle_shards=False, shuffle_buffer=1, yield_rgb=False, log_every=0
@@ -64,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Expor
     return args, cfg
 
 
-def export(args: argparse.Namespace, cfg: ExportConfig) -> dict:
+def export(args: argparse.Namespace, cfg: LoaderRunConfig) -> dict:
     loader = build_loader(cfg.data, cfg.fit, fit_misses=args.fit_missing)
     settings = {
         "format": cfg.data.splat_format,

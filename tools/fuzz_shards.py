@@ -78,6 +78,7 @@ class FuzzConfig:
     cases: int = 100
     """damaged copies in all (round robin over shards and kinds)"""
     seed: int = 0
+    """seed of the damage drawn (positions, lengths, bytes)"""
     kinds: str = ",".join(KINDS)
     """comma-separated damage kinds"""
     image_size: int = 64

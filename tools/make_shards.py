@@ -68,16 +68,27 @@ class ShardsConfig:
     (``labelled``)."""
 
     shard_size: int = 1000
+    """Samples a shard."""
     prefix: str = "shard"
+    """Shard names: ``PREFIX-000000.tar``."""
     path_column: str = "path"
+    """``folder``: the caption table's column of image paths."""
     caption_column: str = "caption"
+    """``folder``: the caption table's column of captions."""
     n_train: int = 4000
+    """``synthetic``: training samples."""
     n_heldout: int = 800
+    """``synthetic``: held-out samples."""
     image_size: int = 64
+    """``synthetic``: side of the square images."""
     seed: int = 0
+    """``synthetic``: seed of the dataset."""
     classnames: str = "imagenet"
+    """``labelled``: imagenet, or a .txt / .json file of class names."""
     templates: str = ""
+    """``labelled``: openai | simple | a .txt file ("": the class file's own, else openai)."""
     split: str = "test"
+    """``labelled``: the split's folder name."""
 
 
 def read_caption_table(path: Path, path_column: str, caption_column: str) -> dict[str, str]:

@@ -5,12 +5,13 @@ The fitting settings live in :class:`streamfit.fit.FitConfig`, passed beside thi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from streamfit.codec import DEFAULT_FORMAT, STORAGE_FORMATS
 from streamfit.config import check_at_least, check_choice
 from streamfit.data.schedule import SCHEDULES
 from streamfit.data.shards import check_pattern
+from streamfit.fit.config import FitConfig
 
 CACHE_KEYS = ("content", "key")
 SPLITS = ("shard", "sample")
@@ -108,3 +109,13 @@ class DataConfig:
         check_choice("data.fit_stream", self.fit_stream, ("own", "default"))
         check_choice("data.cache_key", self.cache_key, CACHE_KEYS)
         check_choice("data.splat_format", self.splat_format, STORAGE_FORMATS)
+
+
+@dataclass
+class LoaderRunConfig:
+    """The config of a tool that runs the streaming loader on its own (no model)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """The streaming data, its splat cache and where fits run."""
+    fit: FitConfig = field(default_factory=FitConfig)
+    """How the loader fits splats."""

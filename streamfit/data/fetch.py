@@ -12,6 +12,7 @@ stream (the loader's own stream on a GPU: waiting for it never waits for trainin
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -22,13 +23,15 @@ import torch
 
 from streamfit import codec
 from streamfit.data.cache import SplatCache
-from streamfit.fit import FitGraphs
+from streamfit.data.config import DataConfig
+from streamfit.data.decode import DECODE_VERSION
+from streamfit.fit import FitConfig, FitGraphs
 from streamfit.splats import PARAMS_PER_SPLAT, Splats
 
 
 @dataclass
 class Fetched:
-    """What :func:`fetch_or_fit` found and made for one batch.
+    """What :meth:`SplatSource.fetch` found and made for one batch.
 
     ``splats``: the splats of the samples in ``kept`` (ascending batch positions), on the
     device, valid splats first in each row: the values the cache's blobs decode to
@@ -48,73 +51,115 @@ class Fetched:
     psnr: float = float("nan")  # mean PSNR of the successful fits
 
 
-def fetch_or_fit(
-    ids: Sequence[str],
-    known: Sequence[bytes | None],
-    image: Callable[[int], np.ndarray | None],
-    cache: SplatCache | None,
-    settings: str,
-    fitter: FitGraphs | None,
-    device: torch.device | str,
-    image_size: int,
-    splat_format: str = codec.DEFAULT_FORMAT,
-    writer: SplatCache | CacheWriter | None = None,
-) -> Fetched:
-    """Splats of each sample: ``known[i]`` when given (a splat shard's own, never looked up),
-    else the cache's entry under ``(ids[i], settings)``, else a fit of ``image(i)`` (``[S, S,
-    3]`` uint8, or None when it cannot be had) by ``fitter`` (None fits nothing) on
-    ``device``. Fits are quantised to ``splat_format`` (the format ``settings`` was made for;
-    colours re-solved against the image for the quantised geometry) and stored through
-    ``writer`` (default: ``cache`` itself).
+def cache_settings(data_cfg: DataConfig, fit_cfg: FitConfig) -> str:
+    """The settings part of a cache key: every fitting setting that changes the splats, the
+    image size and the decoder version that define the pixels being fitted, and the splat
+    format the entries are stored in."""
+    blob = (
+        f"{fit_cfg.settings_hash()}/size={data_cfg.image_size}/decode={DECODE_VERSION}"
+        f"/format={data_cfg.splat_format}"
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class SplatSource:
+    """Where :meth:`fetch` finds a batch's splats: ``cache``'s entries under ``settings``,
+    else fits by ``fitter`` (None: misses stay unfitted) on ``device``, quantised to
+    ``splat_format`` (the format ``settings`` was made for; colours re-solved against the
+    image for the quantised geometry) and stored through ``writer`` (default: ``cache``).
 
     A cache that cannot be read or written costs fitting time, never the run
     (:meth:`SplatCache.lookup` and :meth:`SplatCache.store` turn its errors into misses).
     """
-    device = torch.device(device)
-    blobs = list(known)
-    lookup = [i for i, b in enumerate(blobs) if b is None]
-    if cache is not None and lookup:
-        for i, blob in zip(lookup, cache.lookup([ids[i] for i in lookup], settings), strict=True):
-            blobs[i] = blob
-    out = Fetched(Splats.from_list([], image_size, image_size), [])
-    out.misses = [i for i in lookup if blobs[i] is None]
-    out.hits = len(lookup) - len(out.misses)
-    rows: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # (positions, params, mask)
-    stored = [i for i, b in enumerate(blobs) if b is not None]
-    if stored:
-        cached = codec.decode_batch([blobs[i] for i in stored], device)
-        rows.append((stored, cached.params, cached.mask))
-    images = {i: image(i) for i in out.misses} if fitter is not None else {}
-    out.fitted = [i for i in out.misses if images.get(i) is not None]
-    if out.fitted:
-        pixels = _upload(torch.from_numpy(np.stack([images[i] for i in out.fitted])), device)
-        pixels = pixels.float().div_(255.0)
-        done = fitter(pixels)
-        fitted = Splats(done.params, done.mask, image_size, image_size)
-        ridge = fitter.cfg.colour_ridge
-        quantised = codec.quantise(splat_format, fitted, pixels, fitter.backend, ridge)
-        good = done.ok & quantised.ok
-        # the batch's read-back: which fits failed, and the cache's copy of the rest
-        host_good, host_psnr = _download(good, done.psnr)
-        encoded = quantised.to_bytes()
-        fresh: list[tuple[str, bytes]] = []
-        kept = []
-        for j, i in enumerate(out.fitted):
-            if host_good[j] and encoded[j] is not None:
-                kept.append(j)
-                fresh.append((ids[i], encoded[j]))
-            else:
-                out.failed.append(i)
-        if kept:
-            index = _upload(torch.tensor(kept), device)
-            values = quantised.splats
-            params, mask = _valid_first(values.params[index], values.mask[index])
-            rows.append(([out.fitted[j] for j in kept], params, mask))
-            out.psnr = float(host_psnr[kept].mean())
-        if fresh and (writer or cache) is not None:
-            out.evictions = (writer or cache).store(fresh, settings)
-    out.kept, out.splats = _assemble(rows, device, image_size)
-    return out
+
+    cache: SplatCache | None
+    settings: str
+    fitter: FitGraphs | None
+    device: torch.device
+    image_size: int
+    splat_format: str = codec.DEFAULT_FORMAT
+    writer: SplatCache | CacheWriter | None = None
+
+    @classmethod
+    def of(
+        cls,
+        data_cfg: DataConfig,
+        fit_cfg: FitConfig,
+        fitter: FitGraphs | None,
+        cache_dir: str | None = None,
+    ) -> SplatSource:
+        """The training loader's source for these configs: its cache (``data_cfg.cache_dir``
+        unless ``cache_dir`` is given; ``""``: none), settings, image size and splat format;
+        fits on ``fitter``'s device (the CPU when ``fitter`` is None)."""
+        cache_dir = data_cfg.cache_dir if cache_dir is None else cache_dir
+        return cls(
+            cache=SplatCache(cache_dir, data_cfg.cache_max_bytes) if cache_dir else None,
+            settings=cache_settings(data_cfg, fit_cfg),
+            fitter=fitter,
+            device=fitter.backend.device if fitter is not None else torch.device("cpu"),
+            image_size=data_cfg.image_size,
+            splat_format=data_cfg.splat_format,
+        )
+
+    def fetch(
+        self,
+        ids: Sequence[str],
+        image: Callable[[int], np.ndarray | None],
+        known: Sequence[bytes | None] | None = None,
+    ) -> Fetched:
+        """Splats of each sample: ``known[i]`` when given (a splat shard's own, never looked
+        up), else the cache's entry under ``(ids[i], settings)``, else a fit of ``image(i)``
+        (``[S, S, 3]`` uint8, or None when it cannot be had)."""
+        known = [None] * len(ids) if known is None else known
+        cache, settings, fitter = self.cache, self.settings, self.fitter
+        device, image_size, writer = self.device, self.image_size, self.writer
+        blobs = list(known)
+        lookup = [i for i, b in enumerate(blobs) if b is None]
+        if cache is not None and lookup:
+            for i, blob in zip(
+                lookup, cache.lookup([ids[i] for i in lookup], settings), strict=True
+            ):
+                blobs[i] = blob
+        out = Fetched(Splats.from_list([], image_size, image_size), [])
+        out.misses = [i for i in lookup if blobs[i] is None]
+        out.hits = len(lookup) - len(out.misses)
+        rows: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # (positions, params, mask)
+        stored = [i for i, b in enumerate(blobs) if b is not None]
+        if stored:
+            cached = codec.decode_batch([blobs[i] for i in stored], device)
+            rows.append((stored, cached.params, cached.mask))
+        images = {i: image(i) for i in out.misses} if fitter is not None else {}
+        out.fitted = [i for i in out.misses if images.get(i) is not None]
+        if out.fitted:
+            pixels = _upload(torch.from_numpy(np.stack([images[i] for i in out.fitted])), device)
+            pixels = pixels.float().div_(255.0)
+            done = fitter(pixels)
+            fitted = Splats(done.params, done.mask, image_size, image_size)
+            ridge = fitter.cfg.colour_ridge
+            quantised = codec.quantise(self.splat_format, fitted, pixels, fitter.backend, ridge)
+            good = done.ok & quantised.ok
+            # the batch's read-back: which fits failed, and the cache's copy of the rest
+            host_good, host_psnr = _download(good, done.psnr)
+            encoded = quantised.to_bytes()
+            fresh: list[tuple[str, bytes]] = []
+            kept = []
+            for j, i in enumerate(out.fitted):
+                if host_good[j] and encoded[j] is not None:
+                    kept.append(j)
+                    fresh.append((ids[i], encoded[j]))
+                else:
+                    out.failed.append(i)
+            if kept:
+                index = _upload(torch.tensor(kept), device)
+                values = quantised.splats
+                params, mask = _valid_first(values.params[index], values.mask[index])
+                rows.append(([out.fitted[j] for j in kept], params, mask))
+                out.psnr = float(host_psnr[kept].mean())
+            if fresh and (writer or cache) is not None:
+                out.evictions = (writer or cache).store(fresh, settings)
+        out.kept, out.splats = _assemble(rows, device, image_size)
+        return out
 
 
 def _assemble(

@@ -46,15 +46,16 @@ not yet yielded, then the following epochs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from dataclasses import replace
 
 import torch
 from torchdata.nodes import BaseNode, Loader, Mapper, ParallelMapper, Prefetcher
 
 from streamfit.data.cache import SplatCache
 from streamfit.data.config import DataConfig
-from streamfit.data.decode import DECODE_VERSION, Decoder
+from streamfit.data.decode import Decoder
+from streamfit.data.fetch import SplatSource
 from streamfit.data.nodes import (
     DeviceStage,
     EpochMeter,
@@ -74,17 +75,6 @@ from streamfit.data.stats import EpochStats, LoaderStats
 from streamfit.fit import FitConfig, FitGraphs, get_backend
 
 logger = logging.getLogger("streamfit.data")
-
-
-def cache_settings(data_cfg: DataConfig, fit_cfg: FitConfig) -> str:
-    """The settings part of a cache key: every fitting setting that changes the splats, the
-    image size and the decoder version that define the pixels being fitted, and the splat
-    format the entries are stored in."""
-    blob = (
-        f"{fit_cfg.settings_hash()}/size={data_cfg.image_size}/decode={DECODE_VERSION}"
-        f"/format={data_cfg.splat_format}"
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class StreamLoader(Loader[dict]):
@@ -226,9 +216,10 @@ def build_loader(
         backend = get_backend(fit_cfg.backend, fit_device)
         stage = DeviceStage(backend.device, data_cfg.fit_stream)
         fitter = FitGraphs(fit_cfg, backend, enabled=data_cfg.fit_graphs)
-        if data_cfg.cache_dir:
-            cache = SplatCache(data_cfg.cache_dir, data_cfg.cache_max_bytes)
-        settings = cache_settings(data_cfg, fit_cfg)
+        source = SplatSource.of(data_cfg, fit_cfg, fitter)
+        if not fit_misses:
+            source = replace(source, fitter=None)
+        cache, settings = source.cache, source.settings
         if cache is not None and data_cfg.cache_key == "key":
             logger.warning(
                 "data.cache_key=key: splats are found by sample key alone, so keys must be "
@@ -249,18 +240,7 @@ def build_loader(
 
         def last_node(batches: SampleBatcher) -> BaseNode[dict]:
             return FitNode(
-                batches,
-                fitter,
-                stage,
-                cache,
-                settings,
-                data_cfg.image_size,
-                decoder,
-                data_cfg.yield_rgb,
-                stats,
-                data_cfg.log_every,
-                fit_misses,
-                data_cfg.splat_format,
+                batches, source, stage, decoder, data_cfg.yield_rgb, stats, data_cfg.log_every
             )
 
     decoded = ParallelMapper(

@@ -8,19 +8,16 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torchdata.nodes import BaseNode
 
-from streamfit import codec
-from streamfit.data.cache import SplatCache
 from streamfit.data.decode import Decoded, Decoder, Skipped
-from streamfit.data.fetch import CacheWriter, fetch_or_fit
+from streamfit.data.fetch import CacheWriter, SplatSource
 from streamfit.data.stats import LoaderStats
-from streamfit.fit import FitGraphs
 
 logger = logging.getLogger("streamfit.data")
 
@@ -34,12 +31,8 @@ class SampleBatcher(BaseNode[list[Decoded]]):
         self, source: BaseNode, batch_size: int, drop_last: bool, stats: LoaderStats
     ) -> None:
         super().__init__()
-        self.source, self.batch_size, self.drop_last, self.stats = (
-            source,
-            batch_size,
-            drop_last,
-            stats,
-        )
+        self.source, self.stats = source, stats
+        self.batch_size, self.drop_last = batch_size, drop_last
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
@@ -161,37 +154,34 @@ FIT_COUNTS = (
 class FitNode(BaseNode[dict]):
     """Batches of decoded samples -> batch dicts with splats on the backend's device.
 
-    Every sample is looked up in ``cache`` under ``settings``; the misses are fitted together
-    as one batch and written back; samples of splat shards pass through unfitted. An image
-    whose fit fails numerically is skipped (``fit_failed``) and never cached. With
-    ``fit_misses=False`` misses are skipped (``not_cached``) instead of fitted. Splats are
-    always the values the cache stores (fits are quantised to ``splat_format`` on the device),
-    so a cached epoch and a fitted one give identical batches.
+    Every sample is looked up in ``splats``' cache; the misses are fitted together as one
+    batch and written back; samples of splat shards pass through unfitted. An image whose
+    fit fails numerically is skipped (``fit_failed``) and never cached. A source without a
+    fitter skips misses (``not_cached``) instead. Splats are always the values the cache
+    stores (fits are quantised to the source's splat format on the device), so a cached
+    epoch and a fitted one give identical batches.
     """
 
     def __init__(
         self,
         source: BaseNode[list[Decoded]],
-        fitter: FitGraphs,
+        splats: SplatSource,
         stage: DeviceStage,
-        cache: SplatCache | None,
-        settings: str,
-        image_size: int,
         decoder: Decoder,
         yield_rgb: bool,
         stats: LoaderStats,
         log_every: int = 1,
-        fit_misses: bool = True,
-        splat_format: str = codec.DEFAULT_FORMAT,
     ) -> None:
         super().__init__()
-        self.fit_misses, self.splat_format = fit_misses, splat_format
-        self.source, self.fitter, self.stage, self.cache = source, fitter, stage, cache
-        self.settings, self.image_size, self.decoder = settings, image_size, decoder
+        self.source, self.stage, self.decoder = source, stage, decoder
         self.yield_rgb, self.stats, self.log_every = yield_rgb, stats, log_every
+        self.fit_misses = splats.fitter is not None
         # on a GPU the database is written from a thread of its own: the loader's thread
         # goes on to the next batch
-        self.writer = CacheWriter(cache) if cache is not None and stage.stream else None
+        if splats.cache is not None and stage.stream:
+            splats = replace(splats, writer=CacheWriter(splats.cache))
+        self.splats = splats
+        self.writer = splats.writer
         self._batches = 0
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
@@ -233,17 +223,10 @@ class FitNode(BaseNode[dict]):
 
     def _fit_batch(self, samples: list[Decoded], waited: float) -> dict | None:
         with self.stage.run() as timing:
-            got = fetch_or_fit(
+            got = self.splats.fetch(
                 [s.cache_id for s in samples],
-                [s.splats for s in samples],
                 lambda i: self._image(samples[i]),
-                self.cache,
-                self.settings,
-                self.fitter if self.fit_misses else None,
-                self.stage.device,
-                self.image_size,
-                self.splat_format,
-                self.writer,
+                [s.splats for s in samples],
             )
             keep = got.kept
             rgb = None
@@ -385,12 +368,8 @@ class EpochMeter(BaseNode[dict]):
         fail_empty: bool = True,
     ) -> None:
         super().__init__()
-        self.source, self.stats, self.describe, self.fail_empty = (
-            source,
-            stats,
-            describe,
-            fail_empty,
-        )
+        self.source, self.stats = source, stats
+        self.describe, self.fail_empty = describe, fail_empty
         self._resumed = False
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:

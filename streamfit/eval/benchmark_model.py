@@ -27,9 +27,8 @@ from open_clip import get_tokenizer
 from PIL import Image
 from torch import nn
 
-from streamfit.data import SplatCache, cache_settings
 from streamfit.data.decode import exif_orientation, square_pixels
-from streamfit.data.fetch import fetch_or_fit
+from streamfit.data.fetch import SplatSource
 from streamfit.eval.classifier_cache import Classifier, open_cache, zero_shot_classifier
 from streamfit.eval.run_model import NotARun, RunModel, load_run
 from streamfit.fit import FitGraphs, get_backend
@@ -84,11 +83,9 @@ class BenchmarkModel(nn.Module):
         if run.fit is None:
             self.normalise = rgb_normaliser(self.model)
             return
-        self.fit_cfg = replace(run.fit, device=str(self.device))
-        self.fitter = FitGraphs(self.fit_cfg, get_backend(self.fit_cfg.backend, str(self.device)))
-        cache_dir = self.data.cache_dir if splat_cache is None else splat_cache
-        self.cache = SplatCache(cache_dir, self.data.cache_max_bytes) if cache_dir else None
-        self.settings = cache_settings(self.data, self.fit_cfg)
+        fit_cfg = replace(run.fit, device=str(self.device))
+        fitter = FitGraphs(fit_cfg, get_backend(fit_cfg.backend, str(self.device)))
+        self.splat_source = SplatSource.of(self.data, fit_cfg, fitter, splat_cache)
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -99,16 +96,7 @@ class BenchmarkModel(nn.Module):
         pixels = images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         # fitting is float32 arithmetic whatever precision clip_benchmark's autocast asks for
         with torch.autocast(self.device.type, enabled=False):
-            got = fetch_or_fit(
-                [pixel_cache_id(p) for p in pixels],
-                [None] * len(pixels),
-                lambda i: pixels[i],
-                self.cache,
-                self.settings,
-                self.fitter,
-                self.fitter.backend.device,
-                self.data.image_size,
-            )
+            got = self.splat_source.fetch([pixel_cache_id(p) for p in pixels], lambda i: pixels[i])
         keep = got.kept
         self.images += len(pixels)
         self.cache_hits += got.hits

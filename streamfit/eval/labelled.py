@@ -2,7 +2,7 @@
 sub-directories, ImageNet's synset order) or webdataset shards whose samples carry a ``.cls``
 or a ``.json`` ``label``. Images are decoded exactly as the training loader decodes them;
 for GS models their splats come from the training run's cache, fitted (and cached) on a miss
-through :func:`streamfit.data.fetch.fetch_or_fit`, the training loader's own path: a fit with
+through :class:`streamfit.data.fetch.SplatSource`, the training loader's own path: a fit with
 non-finite splats is left out, counted and logged, and never cached.
 
 Each rank reads every ``world_size``-th sample, so a multi-rank evaluation covers the split
@@ -26,9 +26,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from streamfit.data import DataConfig, SplatCache, cache_settings
+from streamfit.data import DataConfig
 from streamfit.data.decode import Decoder, cache_id
-from streamfit.data.fetch import fetch_or_fit
+from streamfit.data.fetch import SplatSource
 from streamfit.data.local_images import IMAGE_SUFFIXES
 from streamfit.data.shards import (
     IMAGE_EXTS,
@@ -132,25 +132,14 @@ class LabelledLoader:
         world_size: int = 1,
         max_samples: int = 0,
     ) -> None:
-        self.source, self.data_cfg, self.batch_size, self.device = (
-            source,
-            data_cfg,
-            batch_size,
-            device,
-        )
-        self.fit_cfg = fit_cfg
-        self.fitter = None
-        if fit_cfg is not None:
-            backend = backend or get_backend(fit_cfg.backend, str(device))
-            self.fitter = FitGraphs(fit_cfg, backend)
+        self.source, self.data_cfg = source, data_cfg
+        self.batch_size, self.device = batch_size, device
         self.rank, self.world_size, self.max_samples = rank, world_size, max_samples
         self.decoder = Decoder(data_cfg.image_size, data_cfg.max_image_pixels, need_image=True)
-        self.cache = (
-            SplatCache(data_cfg.cache_dir, data_cfg.cache_max_bytes)
-            if fit_cfg is not None and data_cfg.cache_dir
-            else None
-        )
-        self.settings = cache_settings(data_cfg, fit_cfg) if fit_cfg is not None else ""
+        self.splat_source = None
+        if fit_cfg is not None:
+            backend = backend or get_backend(fit_cfg.backend, str(device))
+            self.splat_source = SplatSource.of(data_cfg, fit_cfg, FitGraphs(fit_cfg, backend))
 
     def __iter__(self) -> Iterator[LabelledBatch]:
         pending: list[tuple[str, bytes, int]] = []
@@ -168,20 +157,10 @@ class LabelledLoader:
         images = np.stack([self.decoder.decode_image(data) for _, data, _ in items])
         keep = list(range(len(items)))
         splats, hits, fitted = None, 0, 0
-        if self.fit_cfg is not None:
+        if self.splat_source is not None:
             # the training loader's cache, under the id its decoder gives the sample
             ids = [cache_id(key, data, self.data_cfg.cache_key) for key, data, _ in items]
-            got = fetch_or_fit(
-                ids,
-                [None] * len(items),
-                lambda i: images[i],
-                self.cache,
-                self.settings,
-                self.fitter,
-                self.fitter.backend.device,
-                self.data_cfg.image_size,
-                self.data_cfg.splat_format,
-            )
+            got = self.splat_source.fetch(ids, lambda i: images[i])
             for i in got.failed:
                 logger.warning("eval: skipped %s: its fit gave non-finite splats", items[i][0])
             keep, hits, fitted = got.kept, got.hits, len(got.fitted)

@@ -41,8 +41,12 @@ class GSModelConfig:
     width. None = the transformer width (no extra projection). 256 keeps the trainable share of
     ``ViT-M-16`` near the paper's ~7%."""
     resampler_layers: int = 2
+    """Perceiver Resampler blocks (the queries attend to the splat tokens and themselves,
+    then a feed-forward)."""
     resampler_heads: int = 4
+    """Attention heads of the resampler; they must divide its width (``latent_dim``)."""
     resampler_mlp_ratio: float = 2.0
+    """Hidden width of the resampler's MLPs, as a multiple of ``latent_dim``."""
 
     # ---- freezing and learning rates
     unfrozen_blocks: int = 2
