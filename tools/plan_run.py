@@ -52,6 +52,7 @@ from streamfit.plan import (
     resolve,
 )
 from streamfit.report import print_key_values, print_table, write_json
+from streamfit.train.distributed import shutdown
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, PlanConfig]:
@@ -188,4 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    finally:
+        shutdown()  # --measure joins a process group: it goes before the interpreter's teardown
+    sys.exit(status)

@@ -3,6 +3,7 @@ collectives the loop needs (lockstep epochs, summed counters)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 
@@ -113,7 +114,17 @@ def shutdown() -> None:
     without an active exception"). For a program's end: the group cannot be joined again."""
     global _control
     if dist.is_initialized():
+        # a finished run's engine sits in reference cycles (its module's hooks) that hold its
+        # groups: freed now, their threads end before the teardown
+        gc.collect()
         if _control is not None:
             dist.destroy_process_group(_control)
             _control = None
-        dist.destroy_process_group()
+        # DeepSpeed's own: it also drops the groups DeepSpeed keeps (its world group), whose
+        # gloo threads would otherwise live on into the teardown
+        import deepspeed.comm
+
+        if deepspeed.comm.is_initialized():
+            deepspeed.comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
