@@ -132,7 +132,7 @@ class SplatSource:
         images = {i: image(i) for i in out.misses} if fitter is not None else {}
         out.fitted = [i for i in out.misses if images.get(i) is not None]
         if out.fitted:
-            pixels = _upload(torch.from_numpy(np.stack([images[i] for i in out.fitted])), device)
+            pixels = upload(torch.from_numpy(np.stack([images[i] for i in out.fitted])), device)
             pixels = pixels.float().div_(255.0)
             done = fitter(pixels)
             fitted = Splats(done.params, done.mask, image_size, image_size)
@@ -151,7 +151,7 @@ class SplatSource:
                 else:
                     out.failed.append(i)
             if kept:
-                index = _upload(torch.tensor(kept), device)
+                index = upload(torch.tensor(kept), device)
                 values = quantised.splats
                 params, mask = _valid_first(values.params[index], values.mask[index])
                 rows.append(([out.fitted[j] for j in kept], params, mask))
@@ -177,7 +177,7 @@ def _assemble(
     params = torch.zeros(len(kept), width, PARAMS_PER_SPLAT, device=device)
     mask = torch.zeros(len(kept), width, dtype=torch.bool, device=device)
     for positions, p, m in rows:
-        index = _upload(torch.tensor([order[i] for i in positions]), device)
+        index = upload(torch.tensor([order[i] for i in positions]), device)
         params[:, : p.shape[1]].index_copy_(0, index, p)
         mask[:, : m.shape[1]].index_copy_(0, index, m)
     return kept, Splats(params, mask, size, size)
@@ -192,7 +192,7 @@ def _valid_first(params: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return params * mask[..., None], mask
 
 
-def _upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device``; from pinned memory without blocking on a GPU."""
     if device.type != "cuda":
         return tensor.to(device)

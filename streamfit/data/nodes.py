@@ -16,7 +16,7 @@ import torch
 from torchdata.nodes import BaseNode
 
 from streamfit.data.decode import Decoded, Decoder, Skipped
-from streamfit.data.fetch import CacheWriter, SplatSource
+from streamfit.data.fetch import CacheWriter, SplatSource, upload
 from streamfit.data.stats import LoaderStats
 
 logger = logging.getLogger("streamfit.data")
@@ -110,10 +110,7 @@ class DeviceStage:
 
     def upload(self, array: np.ndarray) -> torch.Tensor:
         """``array`` on the device (from pinned memory, without blocking, on a GPU)."""
-        tensor = torch.from_numpy(array)
-        if self.stream is None:
-            return tensor.to(self.device)
-        return tensor.pin_memory().to(self.device, non_blocking=True)
+        return upload(torch.from_numpy(array), self.device)
 
 
 def claim(batch: dict, device: torch.device) -> dict:
@@ -123,9 +120,7 @@ def claim(batch: dict, device: torch.device) -> dict:
     this stream still reads them). The loader finished the batch's work before yielding it."""
     tokens = batch.get("tokens")
     if tokens is not None and tokens.device != device:
-        if device.type == "cuda":
-            tokens = tokens.pin_memory().to(device, non_blocking=True)
-        batch["tokens"] = tokens.to(device)
+        batch["tokens"] = upload(tokens, device)
     if device.type == "cuda":
         stream = torch.cuda.current_stream(device)
         tensors = [batch.get("rgb")]

@@ -66,14 +66,21 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def _control_device(device: torch.device | None = None) -> torch.device | str:
+    """Where a control collective's tensor lives: the CPU for the gloo control group or a
+    gloo main group, else ``device`` (default: the current CUDA device)."""
+    if _control is not None or dist.get_backend() == "gloo":
+        return "cpu"
+    return device if device is not None else torch.device("cuda", torch.cuda.current_device())
+
+
 def all_have(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` is True on every rank: ranks whose shards hold different sample
     counts end an epoch together, so no rank waits forever in a collective. Over the CPU
     (a gloo group beside NCCL): the GPU is never waited for."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
-    on_cpu = _control is not None or dist.get_backend() == "gloo"
-    t = torch.tensor([1 if flag else 0], device="cpu" if on_cpu else device)
+    t = torch.tensor([1 if flag else 0], device=_control_device(device))
     dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_control)
     return bool(t.item())
 
@@ -83,9 +90,7 @@ def all_gather_ints(value: int) -> list[int]:
     NCCL): a host number never waits for the GPU."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return [value]
-    on_cpu = _control is not None or dist.get_backend() == "gloo"
-    device = "cpu" if on_cpu else torch.device("cuda", torch.cuda.current_device())
-    t = torch.tensor([value], device=device)
+    t = torch.tensor([value], device=_control_device())
     parts = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t, group=_control)
     return [int(p.item()) for p in parts]

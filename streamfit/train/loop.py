@@ -260,7 +260,9 @@ class Trainer:
     ) -> None:
         self.cfg, self.train = cfg, cfg.train
         self.engine, self.loader, self.evaluator = engine, loader, evaluator
-        self.clip = clips_itself(cfg.train, resolve_precision(cfg.train.precision, device))
+        # the norm the loop clips to itself (0: DeepSpeed clips, or nothing is clipped)
+        precision = resolve_precision(cfg.train.precision, device)
+        self.clip_norm = cfg.train.grad_clip if clips_itself(cfg.train, precision) else 0.0
         self.rank, self.device, self.run_dir = rank, device, run_dir
         self.metrics = evaluator.metrics = MetricsWriter(run_dir, rank == 0)
         self.checkpointer = Checkpointer(engine, run_dir / "checkpoints", loader, cfg, cfg.train)
@@ -295,8 +297,9 @@ class Trainer:
                 desc=f"epoch {epoch}", unit="step", disable=self.rank != 0 or not train.progress
             )
             for batch, waited in lockstep(self.loader, self.device):
-                clip = train.grad_clip if self.clip else 0.0
-                losses.append(train_step(engine, batch, loss_of, self.device, self.timer, clip))
+                losses.append(
+                    train_step(engine, batch, loss_of, self.device, self.timer, self.clip_norm)
+                )
                 self.timer.add(len(batch["keys"]), waited, batch["timing"])
                 if self.seen is not None:
                     self.seen.writelines(f"{epoch}\t{key}\n" for key in batch["keys"])
