@@ -54,11 +54,27 @@ def add_loader_flags(parser: argparse.ArgumentParser, shards_help: str) -> dict[
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--gaussians", type=int)
     parser.add_argument("--iters", type=int)
-    data = {"shards": "shards", "cache": "cache_dir", "image_size": "image_size"}
-    data["batch_size"] = "batch_size"
+    data = {
+        "shards": "shards",
+        "cache": "cache_dir",
+        "image_size": "image_size",
+        "batch_size": "batch_size",
+    }
     flags = {dest: f"data.{key}" for dest, key in data.items()}
     flags.update({dest: f"fit.{dest}" for dest in ("backend", "device", "gaussians", "iters")})
     return flags
+
+
+def int_list(text: str) -> list[int]:
+    """A flag's comma-separated integers >= 0 (``"256,4096"``); a ``ValueError`` naming the
+    text otherwise (argparse turns it into a usage error)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise ValueError(f"expected a comma list of integers >= 0, got {text!r}")
+    return values
 
 
 def is_override(item: str) -> bool:

@@ -130,11 +130,12 @@ PRESETS: dict[str, tuple[Cluster, Dataset, Recipe, str]] = {
 
 # ---------------------------------------------------------------------------------- fit rates
 @functools.cache
-def _iteration_costs(path: Path = FIT_GRID) -> tuple[tuple[int, float], ...]:
-    """``(splats, seconds per image)`` at the largest batch of each splat count of a
-    benchmark_fit JSON: the cost of an iteration by splat count, up to a common factor."""
+def _iteration_costs() -> tuple[tuple[int, float], ...]:
+    """``(splats, seconds per image)`` at the largest batch of each splat count of the
+    benchmark_fit JSON :data:`FIT_GRID`: the cost of an iteration by splat count, up to a
+    common factor."""
     largest: dict[int, dict] = {}
-    for row in _rows(path):
+    for row in _rows(FIT_GRID):
         if row["batch"] >= largest.get(row["gaussians"], {"batch": 0})["batch"]:
             largest[row["gaussians"]] = row
     return tuple(sorted((n, 1.0 / r["images_per_s"]) for n, r in largest.items()))

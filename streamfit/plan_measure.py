@@ -27,7 +27,7 @@ from streamfit.data.decode import decode_image
 from streamfit.data.local_images import ImageSource, load_images
 from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.eval import zero_shot, zero_shot_setup
-from streamfit.fit import FitConfig, get_backend
+from streamfit.fit import FitConfig, FitGraphs, get_backend
 from streamfit.models import build_gs_clip, load_teacher, zero_shot_encoder
 from streamfit.plan import LIVE_DEMO, PRESETS, Dataset, Rates, Recipe, fit_rate_from_json
 from streamfit.train.checkpoint import save_checkpoint, save_weights
@@ -137,8 +137,8 @@ def gs_train_rate(
     return samples / seconds, engine, loader
 
 
-def measure_demo_rates(tmp: str, fit_json: Path | None) -> tuple[Rates, float]:
-    """The demo's rates on this machine with the demo's config, on the synthetic set in
+def measure_demo_rates(cfg: AdaptConfig, tmp: str, fit_json: Path | None) -> tuple[Rates, float]:
+    """The demo's rates on this machine with the demo's config ``cfg``, on the synthetic set in
     ``tmp`` (200 of its train images, its 400 held-out ones): fitting (a benchmark_fit JSON,
     else a fit of one loader batch), decoding, the cached loader path, training
     (:func:`gs_train_rate`), evaluation (the recipe's zero-shot evaluation once its splats are
@@ -147,7 +147,6 @@ def measure_demo_rates(tmp: str, fit_json: Path | None) -> tuple[Rates, float]:
     # torch's intra-op threads, read before the Numba kernels first run: in this process
     # they share one OpenMP runtime, and torch was seen training on 1 thread after them
     threads = torch.get_num_threads()
-    cfg = demo_config()
     size, batch = cfg.data.image_size, cfg.data.batch_size
     fit_cfg = replace(cfg.fit, backend="cpu", device="cpu")
     backend = get_backend("cpu", "cpu")
@@ -186,10 +185,12 @@ def measure_demo_rates(tmp: str, fit_json: Path | None) -> tuple[Rates, float]:
 
     encode = zero_shot_encoder(engine.module)
 
+    fitter = FitGraphs(fit_cfg, backend)
+
     def evaluate() -> tuple[int, float]:
         start = time.perf_counter()
         result, _ = zero_shot(
-            engine.module, encode, setup, data_cfg, device, 0, world, fit_cfg, backend
+            engine.module, encode, setup, data_cfg, device, 0, world, fit_cfg, fitter
         )
         return result.samples, time.perf_counter() - start
 
@@ -213,7 +214,7 @@ def demo_check_live(fit_json: Path | None) -> dict:
         write_synthetic_dataset(
             tmp, LIVE_DEMO["samples"], 400, cfg.data.image_size, cfg.data.batch_size, 0, n_val=400
         )
-        rates, checkpoint_s = measure_demo_rates(tmp, fit_json)
+        rates, checkpoint_s = measure_demo_rates(cfg, tmp, fit_json)
         teacher = load_teacher(cfg.model.model_name, None, **cfg.model.model_kwargs)
         save_weights(teacher.state_dict(), f"{tmp}/teacher.pt")
         overrides = {

@@ -55,7 +55,9 @@ def overflowing_first_fit(monkeypatch) -> None:
 
 def labelled(shards: dict[str, str], cache_dir: Path) -> LabelledLoader:
     cfg = data_cfg(shards["heldout"], cache_dir)
-    return LabelledLoader(shards["heldout"], cfg, 4, torch.device("cpu"), FIT, get_backend("torch"))
+    return LabelledLoader(
+        shards["heldout"], cfg, 4, torch.device("cpu"), FIT, FitGraphs(FIT, get_backend("torch"))
+    )
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")

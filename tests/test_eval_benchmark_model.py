@@ -27,7 +27,7 @@ from streamfit.data.synthetic import write_synthetic_dataset
 from streamfit.eval import EvalConfig, LabelledLoader, class_prompts, zero_shot_setup
 from streamfit.eval.benchmark_model import PixelTransform, load_benchmark_model
 from streamfit.eval.run_model import NotARun
-from streamfit.fit import FitConfig, get_backend
+from streamfit.fit import FitConfig, FitGraphs, get_backend
 from streamfit.models import GSModelConfig, RGBModelConfig, build_gs_clip, load_teacher
 from streamfit.train.checkpoint import save_weights
 from streamfit.train.config import AdaptConfig, RGBPretrainConfig
@@ -106,7 +106,7 @@ def test_the_gs_type_encodes_as_the_zero_shot_evaluation_does_and_caches_its_fit
     fit = FitConfig(gaussians=16, iters=3, backend="torch")
     data_cfg = DataConfig(image_size=16, tokenizer="ViT-M-16", context_length=16)
     loader = LabelledLoader(
-        setup.cfg.data, data_cfg, 40, torch.device("cpu"), fit, get_backend("torch")
+        setup.cfg.data, data_cfg, 40, torch.device("cpu"), fit, FitGraphs(fit, get_backend("torch"))
     )
     batch = next(iter(loader))
     expected = model.model.encode_splats(batch.splats)

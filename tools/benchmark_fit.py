@@ -61,7 +61,7 @@ from streamfit.benchmark import (
     describe_machine,
     matmul_gflops,
 )
-from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.cli import int_list, parse_tool_args, tool_parser
 from streamfit.config import to_yaml
 from streamfit.fit import FitConfig, get_backend
 from streamfit.hardware import resolve_device
@@ -112,8 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.iters = args.fit.iters
     batches, gaussians = GRIDS[args.device]
     try:
-        args.batches = _ints(args.batches or batches)
-        args.gaussians = _ints(args.gaussians or gaussians)
+        args.batches = int_list(args.batches or batches)
+        args.gaussians = int_list(args.gaussians or gaussians)
     except ValueError as err:
         parser.error(str(err))
     args.backends = (args.backends or args.device).split(",")
@@ -126,13 +126,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.shards is None and DEFAULT_SHARDS.is_file():
         args.shards = [DEFAULT_SHARDS]
     return args
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise ValueError(f"expected a comma list of integers, got {text!r}") from None
 
 
 # ---------------------------------------------------------------------------------- main

@@ -49,10 +49,9 @@ from functools import partial
 
 import torch
 
-from streamfit.cli import setup_logging
 from streamfit.eval.benchmark_model import BenchmarkModel, load_benchmark_model
 from streamfit.eval.run_model import NotARun
-from streamfit.report import print_key_values
+from streamfit.report import print_key_values, setup_logging
 
 MODEL_TYPES = {"streamfit_gs": "gs", "streamfit_rgb": "rgb"}
 logger = logging.getLogger("streamfit.clip_benchmark")
@@ -125,7 +124,7 @@ def clip_benchmark_argv(argv: list[str]) -> tuple[argparse.Namespace, list[str]]
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging()
+    setup_logging(stream=sys.stderr)
     # this file is named like the package it drives: its folder must not shadow that package
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]

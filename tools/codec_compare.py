@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from streamfit import codec
-from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.cli import int_list, parse_tool_args, tool_parser
 from streamfit.config import to_yaml
 from streamfit.data.local_images import load_images
 from streamfit.fit import BACKENDS, FitBackend, FitConfig, fit, get_backend
@@ -70,8 +70,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
         parser, FitConfig, argv, flags={"backend": "backend", "device": "device"}
     )
     try:
-        args.gaussians = _ints(args.gaussians)
-        args.iters = _ints(args.iters)
+        args.gaussians = int_list(args.gaussians)
+        args.iters = int_list(args.iters)
         args.bd_range = tuple(float(v) for v in args.bd_range.split(","))
     except ValueError as err:
         parser.error(f"a list of numbers, comma-separated: {err}")
@@ -95,13 +95,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FitCo
         logging.warning("this Pillow cannot write %s: left out", ", ".join(missing))
         args.image_codecs = [c for c in args.image_codecs if c not in missing]
     return args, cfg
-
-
-def _ints(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 0:
-        raise ValueError(f"{text!r}")
-    return values
 
 
 def fit_all(images: torch.Tensor, cfg: FitConfig, backend: FitBackend, batch: int) -> Splats:

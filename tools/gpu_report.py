@@ -31,9 +31,10 @@ from typing import Any
 from xml.etree import ElementTree
 
 from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.config import check_at_least
 from streamfit.report import print_table, write_json
 
-MODES = ("rgb", "cold", "warm", "cold_default_stream", "cold_eager")
+MODES = ("rgb", "cold", "warm", "cold_default_stream")
 
 
 @dataclass
@@ -45,8 +46,7 @@ class GPUReportConfig:
     captures, the first batches)."""
 
     def __post_init__(self) -> None:
-        if self.skip_windows < 0:
-            raise ValueError(f"skip_windows must be >= 0, got {self.skip_windows}")
+        check_at_least(skip_windows=(self.skip_windows, 0))
 
 
 def _read(path: Path) -> Any:

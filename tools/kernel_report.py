@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from cuda_kernels import gpu
-from streamfit.cli import parse_tool_args, tool_parser
+from streamfit.cli import int_list, parse_tool_args, tool_parser
 from streamfit.kernel_analysis import KernelReportConfig, analyse
 from streamfit.report import print_table, write_json
 
@@ -64,7 +64,7 @@ def print_report(result: dict) -> None:
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, KernelReportConfig]:
     parser = tool_parser(__doc__, KernelReportConfig)
-    parser.add_argument("--tiles", type=_ints, help="comma list of tile sizes (default 8,16,32)")
+    parser.add_argument("--tiles", type=int_list, help="comma list of tile sizes (default 8,16,32)")
     for name in ("batch", "gaussians", "size", "iters", "sms"):
         parser.add_argument(f"--{name}", type=int)
     parser.add_argument("--clock-ghz", type=float, help="sustained SM clock")
@@ -81,10 +81,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Kerne
     if not 0 < cfg.efficiency <= 1:
         parser.error("efficiency must lie in (0, 1]")
     return args, cfg
-
-
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t]
 
 
 def main(argv: list[str] | None = None) -> dict:

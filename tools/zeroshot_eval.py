@@ -42,7 +42,7 @@ from streamfit.data import DataConfig
 from streamfit.eval import EvalConfig, zero_shot, zero_shot_setup
 from streamfit.eval.run_model import EXPECTED, NotARun, load_run
 from streamfit.eval.weights import CheckpointReadError, locate_weights
-from streamfit.fit import FitConfig, get_backend
+from streamfit.fit import FitConfig
 from streamfit.hardware import resolve_device
 from streamfit.models import load_teacher, zero_shot_encoder
 from streamfit.report import print_key_values, setup_logging, write_json
@@ -135,12 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cache_dir is not None:
         data_cfg = replace(data_cfg, cache_dir=args.cache_dir)
     setup = zero_shot_setup(eval_cfg)
-    fit_cfg = backend = None
-    if gs_fit is not None:
-        fit_cfg = replace(gs_fit, device=str(device))
-        backend = get_backend(fit_cfg.backend, str(device))
+    fit_cfg = None if gs_fit is None else replace(gs_fit, device=str(device))
     encode = zero_shot_encoder(model)
-    result, extras = zero_shot(model, encode, setup, data_cfg, device, 0, 1, fit_cfg, backend)
+    result, extras = zero_shot(model, encode, setup, data_cfg, device, 0, 1, fit_cfg)
     out = {**result.to_dict(), **extras, "model": "gs" if gs_fit else "rgb", "data": eval_cfg.data}
     classifier = "from the cache" if extras["classifier_from_cache"] else "built"
     rows = {

@@ -11,7 +11,7 @@ from streamfit.eval.classifier_cache import (
 )
 from streamfit.eval.config import EvalConfig
 from streamfit.eval.evaluate import ZeroShotSetup, zero_shot, zero_shot_setup
-from streamfit.eval.labelled import LabelledBatch, LabelledLoader, iter_labelled
+from streamfit.eval.labelled import LabelledBatch, LabelledLoader, default_fitter, iter_labelled
 from streamfit.eval.zeroshot import (
     ZeroShotResult,
     ZeroShotTally,
@@ -28,6 +28,7 @@ __all__ = [
     "LabelledBatch",
     "LabelledLoader",
     "ZeroShotResult",
+    "default_fitter",
     "ZeroShotSetup",
     "ZeroShotTally",
     "build_classifier",

@@ -30,8 +30,8 @@ from torch import nn
 from streamfit.data.decode import exif_orientation, square_pixels
 from streamfit.data.fetch import SplatSource
 from streamfit.eval.classifier_cache import Classifier, open_cache, zero_shot_classifier
+from streamfit.eval.labelled import default_fitter
 from streamfit.eval.run_model import NotARun, RunModel, load_run
-from streamfit.fit import FitGraphs, get_backend
 from streamfit.models import rgb_normaliser
 from streamfit.splats import compression_ratio
 
@@ -84,7 +84,7 @@ class BenchmarkModel(nn.Module):
             self.normalise = rgb_normaliser(self.model)
             return
         fit_cfg = replace(run.fit, device=str(self.device))
-        fitter = FitGraphs(fit_cfg, get_backend(fit_cfg.backend, str(self.device)))
+        fitter = default_fitter(fit_cfg, self.data, self.device)
         self.splat_source = SplatSource.of(self.data, fit_cfg, fitter, splat_cache)
 
     @torch.no_grad()

@@ -134,7 +134,7 @@ class Classifier:
     """A zero-shot classifier and where it came from."""
 
     weights: torch.Tensor  # [D, C] float32 on the evaluation device
-    key: str
+    key: str  # its cache key ("" when no cache is used)
     path: Path | None  # its cache file (clip_benchmark's --load_clfs), None without a cache
     from_cache: bool
     seconds: float
@@ -161,8 +161,10 @@ def zero_shot_classifier(
     tower = text_tower(model)
     if any(t.requires_grad for t in tower.values()):
         cache = None
-    key = classifier_key(tower_digest(tower), tokenizer_name, context_length, classnames, prompts)
+    key = ""  # only a cached classifier needs one: hashing the tower costs a pass over it
     if cache is not None:
+        digest = tower_digest(tower)
+        key = classifier_key(digest, tokenizer_name, context_length, classnames, prompts)
         weights = cache.load(key, len(classnames))
         if weights is not None:
             logger.info("zero-shot classifier from the cache: %s", cache.path(key))

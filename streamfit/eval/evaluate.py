@@ -20,7 +20,7 @@ from streamfit.eval.zeroshot import (
     load_classnames,
     load_templates,
 )
-from streamfit.fit import FitBackend, FitConfig
+from streamfit.fit import FitConfig, FitGraphs
 from streamfit.splats import compression_ratio
 
 
@@ -80,13 +80,14 @@ def zero_shot(
     rank: int = 0,
     world_size: int = 1,
     fit_cfg: FitConfig | None = None,
-    backend: FitBackend | None = None,
+    fitter: FitGraphs | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] = _no_reduce,
 ) -> tuple[ZeroShotResult, dict[str, float]]:
     """Zero-shot accuracy of ``model`` on ``setup``'s split.
 
     ``encode(batch)`` gives ``[B, D]`` normalised image features (from ``batch.rgb`` or
-    ``batch.splats``); pass ``fit_cfg`` for GS models. With several ranks each reads its share
+    ``batch.splats``); pass ``fit_cfg`` for GS models (and
+    ``fitter``, the :class:`LabelledLoader`'s, to keep one across evaluations). With several ranks each reads its share
     and ``reduce`` sums a tensor over them in place (the trainer's ``all_sum``). Returns
     (result, extras: seconds, of them the classifier's, and whether the classifier came from
     the classifier cache; for GS splats per image, compression ratio, cache hit rate and the
@@ -103,7 +104,7 @@ def zero_shot(
         setup.cfg.batch_size,
         device,
         fit_cfg,
-        backend,
+        fitter,
         rank,
         world_size,
         setup.cfg.max_samples,

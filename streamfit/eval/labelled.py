@@ -39,7 +39,7 @@ from streamfit.data.shards import (
     parse_meta,
 )
 from streamfit.data.writer import CLIP_BENCHMARK_WORKERS, ClipBenchmarkWriter
-from streamfit.fit import FitBackend, FitConfig, FitGraphs, get_backend
+from streamfit.fit import FitConfig, FitGraphs, get_backend
 from streamfit.splats import Splats
 
 logger = logging.getLogger("streamfit.eval")
@@ -113,11 +113,22 @@ def _label(members: dict[str, bytes]) -> int | None:
     return None
 
 
+def default_fitter(
+    fit_cfg: FitConfig, data_cfg: DataConfig, device: torch.device | str
+) -> FitGraphs:
+    """Fits as the training loader makes them: ``fit_cfg``'s backend on ``device``, as CUDA
+    graphs unless ``data_cfg.fit_graphs`` is off."""
+    backend = get_backend(fit_cfg.backend, str(device))
+    return FitGraphs(fit_cfg, backend, enabled=data_cfg.fit_graphs)
+
+
 class LabelledLoader:
     """Batches of :class:`LabelledBatch` from ``source``.
 
-    ``fit_cfg``: fit splats (None: RGB only). The cache, when ``data_cfg.cache_dir`` is set,
-    is the training loader's: same keys (content hash or sample key) and settings.
+    ``fit_cfg``: fit splats (None: RGB only), by ``fitter`` (default: one of ``fit_cfg``'s
+    backend on ``device``; a caller that evaluates again passes its own, so CUDA graphs are
+    captured once). The cache, when ``data_cfg.cache_dir`` is set, is the training loader's:
+    same keys (content hash or sample key) and settings.
     """
 
     def __init__(
@@ -127,7 +138,7 @@ class LabelledLoader:
         batch_size: int,
         device: torch.device,
         fit_cfg: FitConfig | None = None,
-        backend: FitBackend | None = None,
+        fitter: FitGraphs | None = None,
         rank: int = 0,
         world_size: int = 1,
         max_samples: int = 0,
@@ -138,8 +149,8 @@ class LabelledLoader:
         self.decoder = Decoder(data_cfg.image_size, data_cfg.max_image_pixels, need_image=True)
         self.splat_source = None
         if fit_cfg is not None:
-            backend = backend or get_backend(fit_cfg.backend, str(device))
-            self.splat_source = SplatSource.of(data_cfg, fit_cfg, FitGraphs(fit_cfg, backend))
+            fitter = fitter or default_fitter(fit_cfg, data_cfg, device)
+            self.splat_source = SplatSource.of(data_cfg, fit_cfg, fitter)
 
     def __iter__(self) -> Iterator[LabelledBatch]:
         pending: list[tuple[str, bytes, int]] = []

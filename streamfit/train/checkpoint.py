@@ -122,16 +122,17 @@ def load_checkpoint(engine: Any, path: str | Path) -> tuple[dict[str, Any], dict
     try:
         with _tensors_only(engine):
             loaded, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
+        # before the loader's file: a rank the writing run did not have has none
+        if client_state.get("world_size", _world()) != _world():
+            raise RuntimeError(
+                f"{path} was written by {client_state['world_size']} ranks; the data loader "
+                f"state is per rank, so resume with the same number (now {_world()})"
+            )
         loader_state = load_tensors(path / f"loader_rank{_rank():03d}.pt")
     except CheckpointReadError as err:
         raise ConfigError(f"run.resume: {err}") from None
-    if loaded is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
-    if client_state.get("world_size", _world()) != _world():
-        raise RuntimeError(
-            f"{path} was written by {client_state['world_size']} ranks; the data loader state "
-            f"is per rank, so resume with the same number (now {_world()})"
-        )
     logger.info("resumed from %s (step %s)", path, client_state.get("step"))
     return client_state, loader_state
 

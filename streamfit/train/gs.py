@@ -21,8 +21,7 @@ import torch
 
 from streamfit.config import ConfigError, load_config
 from streamfit.data import build_loader
-from streamfit.eval import ZeroShotSetup, zero_shot
-from streamfit.fit import get_backend
+from streamfit.eval import ZeroShotSetup, default_fitter, zero_shot
 from streamfit.models import (
     build_gs_clip,
     example_inputs,
@@ -75,14 +74,15 @@ def adapt_gs(cfg: AdaptConfig, wall_start: float | None = None) -> dict:
         groups = model.param_groups(cfg.train.lr, cfg.train.weight_decay)
     loader = build_loader(cfg.data, cfg.fit, rank, world, device=device)
     engine, precision = build_trainer_engine(model, groups, cfg.train, cfg.data, world, device)
-    backend = None if pixels else get_backend(cfg.fit.backend, str(device))
+    # one fitter for every evaluation: its CUDA graphs are captured once
+    fitter = None if pixels else default_fitter(cfg.fit, cfg.data, device)
     normalise = rgb_normaliser(engine.module) if pixels else None
     encode = zero_shot_encoder(engine.module)
 
     def evaluate(setup: ZeroShotSetup):
         fit_cfg = None if pixels else cfg.fit
         return zero_shot(
-            engine.module, encode, setup, cfg.data, device, rank, world, fit_cfg, backend, all_sum
+            engine.module, encode, setup, cfg.data, device, rank, world, fit_cfg, fitter, all_sum
         )
 
     evaluator = Evaluator(
