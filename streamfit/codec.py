@@ -264,11 +264,6 @@ def stored_size(fmt: str, count: int) -> int:
     return _CODECS[fmt].fixed_size(count)
 
 
-def bytes_per_splat(fmt: str) -> float:
-    """Payload bytes a splat of a fixed-rate format (the budget, for ``compact``)."""
-    return {"fp16": 16.0, "q64": 8.0, "compact": float(COMPACT_BYTES_PER_SPLAT)}[fmt]
-
-
 # ---------------------------------------------------------------------------- helpers
 def _frame(fmt: str, height: int, width: int, count: int, payload: bytes) -> bytes:
     head = _HEADER.pack(MAGIC, VERSION << 4 | _FORMAT_IDS[fmt], height, width, count)
@@ -337,7 +332,7 @@ class _FP16:
 
     @staticmethod
     def to_bytes(q: Quantised) -> list[bytes | None]:
-        s, ok = q.splats, q.ok.tolist()
+        s, ok = q.splats.to("cpu"), q.ok.tolist()  # one copy to the host for the batch
         return [
             _frame("fp16", s.height, s.width, int(s.mask[b].sum()), s.pack(b)) if ok[b] else None
             for b in range(len(s))

@@ -112,12 +112,13 @@ def measure_format(
     fmt: str,
     splats: Splats,
     images: torch.Tensor,
+    targets: torch.Tensor,
     backend: FitBackend,
     cfg: FitConfig,
     batch: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes and 8-bit PSNR of each image's ``fmt`` blob, decoded and rendered."""
-    targets = to_uint8(images)
+    """Bytes and 8-bit PSNR (against ``targets``, ``images`` in 8 bits) of each image's
+    ``fmt`` blob, decoded and rendered."""
     sizes, quality = [], []
     for i in range(0, len(images), batch):
         part = splats.select(slice(i, i + batch))
@@ -148,7 +149,7 @@ def compare(args: argparse.Namespace, cfg: FitConfig) -> dict:
             images, replace(cfg, gaussians=gaussians, iters=iters), backend, args.batch
         )
         for fmt in args.formats:
-            sizes, quality = measure_format(fmt, fitted, images, backend, cfg, args.batch)
+            sizes, quality = measure_format(fmt, fitted, images, targets, backend, cfg, args.batch)
             base = {"gaussians": gaussians, "iters": iters}
             rows.append(
                 {"codec": fmt, **base, **_means(sizes, quality), "fit": len(images), "budget": fmt}

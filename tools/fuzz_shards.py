@@ -43,7 +43,6 @@ import streamfit.openmp  # noqa: F401 (first: before torch loads its OpenMP runt
 import io
 import json
 import logging
-import math
 import signal
 import sys
 import tarfile
@@ -65,6 +64,7 @@ from streamfit.data.shards import (
     expand_shards,
     split_member_name,
 )
+from streamfit.rd import psnr_8bit
 from streamfit.report import print_table, write_json
 
 KINDS = ("flip", "block", "header", "insert", "truncate")  # the default, as the issue judges
@@ -236,11 +236,6 @@ class Reading:
     raw: int = 0
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-
-
 class Hang(Exception):
     pass
 
@@ -279,7 +274,8 @@ def run_case(
     for span in spans:
         if span.key in touched and span.key in got.images and span.image:
             clean = decode_image(span.image, cfg.image_size, 10**8)
-            case.damaged_images += psnr(got.images[span.key], clean) < cfg.damaged_psnr
+            quality = float(psnr_8bit(got.images[span.key][None], clean[None])[0])
+            case.damaged_images += quality < cfg.damaged_psnr
     case.skipped = dict(got.reading + got.decoding)
     case.counted = sum(case.skipped.values())
     case.count_shard_agrees = usable == got.raw and counted == got.reading
@@ -342,9 +338,13 @@ def as_img2dataset(shards: list[str], out: Path) -> list[str]:
                     samples.setdefault(key, {})[ext] = src.extractfile(info).read()  # type: ignore[union-attr]
             for members in samples.values():
                 key = f"{index:09d}"
-                meta = {"url": f"https://example.invalid/{key}.jpg", "key": key}
-                meta |= {"status": "success", "error_message": None, "caption": ""}
-                meta["caption"] = members.get("txt", b"").decode("utf-8", "replace")
+                meta = {
+                    "url": f"https://example.invalid/{key}.jpg",
+                    "key": key,
+                    "status": "success",
+                    "error_message": None,
+                    "caption": members.get("txt", b"").decode("utf-8", "replace"),
+                }
                 sink.write(
                     {
                         "__key__": key,

@@ -474,16 +474,14 @@ def _edits(a: str, b: str, bound: int) -> int:
     return row[-1]
 
 
-def iter_tar_samples(
-    stream: BinaryIO, shard: str, shard_index: int, base_offset: int = 0
-) -> Iterator[RawSample]:
-    """The samples of a tar stream positioned at ``base_offset`` of the shard, in file order,
+def iter_tar_samples(stream: BinaryIO, shard: str, shard_index: int) -> Iterator[RawSample]:
+    """The samples of a tar stream from its start, in file order,
     for readers that keep no statistics (evaluation, the run planner): samples lost to damage
     are logged and passed over; a shard that is not a tar, is empty or ends early raises
     :class:`TruncatedShard` after the samples before the cut. Samples are not judged
     (:func:`invalid_reason` is the caller's)."""
     final: LostSamples | None = None
-    for event in shard_events(stream, shard, shard_index, base_offset):
+    for event in shard_events(stream, shard, shard_index):
         if isinstance(event, RawSample):
             yield event
         elif event.reason in ("truncated_shard", "not_a_tar", "empty_shard"):

@@ -14,6 +14,7 @@ clip_benchmark evaluates the same images ``tools/zeroshot_eval.py`` does.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -210,15 +211,14 @@ def write_split(
     with ShardWriter(out_dir, prefix=split, shard_size=shard_size) as writer:
         for i, label in enumerate(labels):
             image, caption, meta = render_sample(rng, label, image_size)
-            png = io.BytesIO()
-            image.save(png, format="PNG")
-            key = f"{split}{i:07d}"
+            out = io.BytesIO()
+            image.save(out, format="PNG")
+            png, key = out.getvalue(), f"{split}{i:07d}"
             writer.write(
-                key,
-                {"png": png.getvalue(), "txt": caption.encode(), "json": json.dumps(meta).encode()},
+                key, {"png": png, "txt": caption.encode(), "json": json.dumps(meta).encode()}
             )
             if clip_benchmark is not None:
-                clip_benchmark.write(key, "png", png.getvalue(), label)
+                clip_benchmark.write(key, "png", png, label)
     return shard_pattern(writer.paths)
 
 
@@ -251,18 +251,19 @@ def write_synthetic_dataset(
         if clip_benchmark
         else None
     )
-    dataset = SyntheticDataset(
-        train=write_split(out, "train", n_train, image_size, shard_size, seed),
-        heldout=write_split(out, "heldout", n_heldout, image_size, shard_size, seed, heldout_copy),
-        classnames=list(CLASSNAMES),
-        templates=list(TEMPLATES),
-        n_train=n_train,
-        n_heldout=n_heldout,
-        val=write_split(out, "val", n_val, image_size, shard_size, seed) if n_val else "",
-        n_val=n_val,
-        clip_benchmark=str(out / "clip_benchmark") if heldout_copy is not None else "",
-    )
-    if heldout_copy is not None:
-        heldout_copy.close()
+    with heldout_copy or contextlib.nullcontext():
+        dataset = SyntheticDataset(
+            train=write_split(out, "train", n_train, image_size, shard_size, seed),
+            heldout=write_split(
+                out, "heldout", n_heldout, image_size, shard_size, seed, heldout_copy
+            ),
+            classnames=list(CLASSNAMES),
+            templates=list(TEMPLATES),
+            n_train=n_train,
+            n_heldout=n_heldout,
+            val=write_split(out, "val", n_val, image_size, shard_size, seed) if n_val else "",
+            n_val=n_val,
+            clip_benchmark=str(heldout_copy.root) if heldout_copy is not None else "",
+        )
     (out / "classes.json").write_text(json.dumps(asdict(dataset), indent=2))
     return dataset

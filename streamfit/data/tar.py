@@ -252,10 +252,11 @@ class _Walker:
     ) -> DamagedBytes:
         """The stretch from ``start`` (a header that fails, or the extension headers before
         one) to the next valid header."""
-        aligned = at > start or _header_like(block)
+        header_like = _header_like(block)
+        aligned = at > start or header_like
         extension = at > start or (aligned and block[156:157] in EXTENSION_TYPES)
         names = [overrides["path"]] if "path" in overrides else []
-        name = _lenient_name(block) if _header_like(block) else None
+        name = _lenient_name(block) if header_like else None
         if name and not names:
             names.append(name)
         # the scan may meet this block's own bytes again, shifted by inserted ones: names read
@@ -467,10 +468,6 @@ def _extension(kind: bytes, payload: bytes) -> dict[str, str] | None:
     return records
 
 
-def _checksum(block: bytes) -> int:
-    return sum(block) - sum(block[CHECKSUM_FIELD]) + 8 * 32
-
-
 def _lenient_name(block: bytes) -> str | None:
     """The name field of a header that may be damaged: text up to its first NUL, if that is
     a plausible file name (non-empty, no control characters) and not that of an extension
@@ -506,7 +503,7 @@ def _checksum_close(block: bytes) -> bool:
     stored = block[CHECKSUM_FIELD].split(b"\0", 1)[0].strip()
     if not stored or not all(48 <= b <= 55 for b in stored):  # octal digits
         return False
-    return abs(int(stored, 8) - _checksum(block)) < CLOSE_CHECKSUM
+    return abs(int(stored, 8) - tarfile.calc_chksums(block)[0]) < CLOSE_CHECKSUM
 
 
 def _partial_header_like(block: bytes) -> bool:
