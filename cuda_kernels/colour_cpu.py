@@ -24,7 +24,7 @@ image's rows, so the pages are touched by the core that adds into them).
 import numpy as np
 from numba import njit, prange
 
-from cuda_kernels.cpu import FASTMATH, HALF, U_PER_Q, ZERO, exp2_8
+from cuda_kernels.cpu import FASTMATH, HALF, U_PER_Q, ZERO, pair_weight
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -76,10 +76,7 @@ def gram_tiles(proj, box, offsets, order, target, tile, tiles_x, tiles_y, qcut, 
                 row = weights[j]
                 sr = sg = sb = ZERO
                 for p in range(np.uint64(lo), np.uint64(hi)):
-                    z1 = (pxs[p] - mx) * i11
-                    z2 = ((pys[p] - my) - l21 * z1) * i22
-                    nu = -(z1 * z1) - z2 * z2
-                    w = exp2_8(nu) if nu >= nucut else ZERO
+                    w = pair_weight(pxs[p], pys[p], mx, my, i11, l21, i22, nucut)[0]
                     row[p] = w
                     sr += w * planes[0, p]
                     sg += w * planes[1, p]

@@ -429,6 +429,11 @@ def build(tile: int) -> SimpleNamespace:
 
 
 # ------------------------------------------------------------------ launches
+def scaled_qcut(qcut: float) -> np.float32:
+    """The cut-off ``qcut`` (model units) in the tile kernels' scaled units."""
+    return np.float32(qcut * EXP2_SCALE * EXP2_SCALE)
+
+
 def launch_project(
     params, mask, tile: int, qcut: float, height: int, width: int, proj, bits, bad, stream
 ):
@@ -459,7 +464,7 @@ def launch_render(params, mask, tile: int, qcut: float, proj, bits, bad, image, 
     tiles_x, n_tiles = launch_project(
         params, mask, tile, qcut, height, width, proj, bits, bad, stream
     )
-    qcut_scaled = np.float32(qcut * EXP2_SCALE * EXP2_SCALE)
+    qcut_scaled = scaled_qcut(qcut)
     for lo, hi in image_chunks(n_img):
         kernels.render_tiles[(n_tiles, hi - lo), kernels.threads, stream](
             proj[lo:hi], bits[lo:hi], tiles_x, qcut_scaled, image[lo:hi]
@@ -481,7 +486,7 @@ def launch_loss_and_grad(
         params, mask, tile, qcut, height, width, proj, bits, bad, stream
     )
     count = height * width * 3
-    qcut_scaled = np.float32(qcut * EXP2_SCALE * EXP2_SCALE)
+    qcut_scaled = scaled_qcut(qcut)
     for lo, hi in image_chunks(n_img):
         kernels.raster_tiles[(n_tiles, hi - lo), kernels.threads, stream](
             proj[lo:hi],

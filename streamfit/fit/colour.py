@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from streamfit.config import check_choice
 from streamfit.fit.backends import FitBackend
 from streamfit.splats import COLOR
 
@@ -33,10 +34,7 @@ class ColourSolve:
     def __post_init__(self) -> None:
         if self.ridge <= 0.0:
             raise ValueError(f"the colour solve needs ridge > 0, got {self.ridge}")
-        if self.solver not in SOLVERS:
-            raise ValueError(
-                f"colour solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"
-            )
+        check_choice("colour solver", self.solver, SOLVERS)
 
 
 def regularise(
@@ -75,11 +73,10 @@ def solve_colours(
     if how.solver == "cholesky":
         factor, info = torch.linalg.cholesky_ex(g)
         solved = torch.cholesky_solve(b, factor)
-        ok = info == 0
+        ok = (info == 0) & torch.isfinite(solved).flatten(1).all(1)
     else:
         solved = conjugate_gradients(g, b, current.to(torch.float32), how.cg_iters)
-        ok = torch.ones_like(solved[:, 0, 0], dtype=torch.bool)
-    ok &= torch.isfinite(solved).flatten(1).all(1)
+        ok = torch.isfinite(solved).flatten(1).all(1)
     return torch.where(ok[:, None, None], solved, current.to(torch.float32)).to(current.dtype)
 
 

@@ -227,17 +227,8 @@ class CudaBackend(FitBackend):
             return 0
         with self._context():
             _, _, (p, m, proj, bits, flags) = self._work(params, mask, height, width)
-            kernels.project[(n_img * n_spl + 255) // 256, 256, self._stream()](
-                p,
-                m,
-                height,
-                width,
-                self.tile,
-                math.ceil(width / self.tile),
-                self.qcut,
-                proj,
-                bits,
-                flags,
+            kernels.launch_project(
+                p, m, self.tile, self.qcut, height, width, proj, bits, flags, self._stream()
             )
             words = bits.copy_to_host() if not SIMULATOR else bits
         return int(np.unpackbits(np.ascontiguousarray(words).view(np.uint8)).sum())
@@ -265,7 +256,7 @@ class CudaBackend(FitBackend):
             tiles_x, n_tiles = kernels.launch_project(
                 p, m, self.tile, self.qcut, height, width, proj, bits, flags, self._stream()
             )
-            qcut_scaled = np.float32(self.qcut * kernels.EXP2_SCALE * kernels.EXP2_SCALE)
+            qcut_scaled = kernels.scaled_qcut(self.qcut)
             for lo, hi in kernels.image_chunks(n_img):
                 colour_gpu.gram_tiles[(n_tiles, hi - lo), colour_gpu.THREADS, self._stream()](
                     proj[lo:hi],
