@@ -719,19 +719,11 @@ class ShardReader(BaseNode[RawSample]):
 
 
 def invalid_reason(sample: RawSample) -> str:
-    """Why a sample cannot be used, judged without decoding its image ('' when it can)."""
+    """Why a sample cannot be used, judged without decoding its image ('' when it can): the
+    judgement the reader and :func:`count_shard` share."""
     sizes = {**{ext: len(data) for ext, data in sample.members.items()}, **sample.unread}
-    return member_reason(
-        sizes, sample.copies, sample.members.get(CAPTION_EXT), sample.members.get(JSON_EXT)
-    )
-
-
-def member_reason(
-    sizes: dict[str, int], copies: int, caption: bytes | None, meta: bytes | None
-) -> str:
-    """Why a sample with members of these ``sizes`` (ext -> bytes), this caption and JSON
-    cannot be used ('' when it can): the judgement the reader and :func:`count_shard` share."""
-    if copies > 1:
+    caption, meta = sample.members.get(CAPTION_EXT), sample.members.get(JSON_EXT)
+    if sample.copies > 1:
         return "duplicate_member"
     if max(sizes.values(), default=0) > MAX_MEMBER_BYTES:
         return "too_large"
@@ -773,7 +765,7 @@ def parse_meta(data: bytes) -> dict[str, Any]:
 
 def count_shard(shard: str) -> tuple[int, Counter[str]]:
     """``(usable samples, skip reason -> count)`` of one local shard, judged as the reader
-    judges it (:func:`shard_events` and :func:`member_reason`: damage, truncation, non-tars)
+    judges it (:func:`shard_events` and :func:`invalid_reason`: damage, truncation, non-tars)
     from the tar headers plus the small ``.txt``/``.json`` members: fast, since image bytes
     are never read (a damaged stretch is scanned all the same). Images that will not decode
     are only found when decoding."""
